@@ -1,0 +1,315 @@
+"""TOML recipe → validated recipe, before anything runs.
+
+A recipe is ``name``, ``workdir``, ``workers`` and a list of ``[[stages]]``; each stage is a registry
+``kind`` plus keyword arguments validated against that class's constructor (the constructor is the
+schema). Errors name the field path, e.g. ``stages[2].steps[0].min_words: expected int >= 1, got -3``.
+
+Precedence: constructor defaults < recipe < spider file (crawl stage) < ``--set`` on the command line.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import inspect
+import json
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from corpusforge.errors import ConfigError
+
+# ----------------------------------------------------------------------------------------- value constraints
+
+
+@dataclass(frozen=True)
+class Min:
+    """Lower bound (inclusive) for an ``Annotated`` number."""
+
+    value: float
+
+
+@dataclass(frozen=True)
+class Max:
+    """Upper bound (inclusive) for an ``Annotated`` number."""
+
+    value: float
+
+
+_TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool", dict: "table", list: "list"}
+
+
+def _type_name(tp: Any) -> str:
+    if tp in _TYPE_NAMES:
+        return _TYPE_NAMES[tp]
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def check_value(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the type hint ``tp``; return it converted (int → float, str → Path)."""
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is inspect.Parameter.empty:
+        return value
+    if origin is Annotated:
+        base, *marks = typing.get_args(tp)
+        value = check_value(value, base, path)
+        for m in marks:
+            if isinstance(m, Min) and value is not None and value < m.value:
+                raise ConfigError(f"must be >= {m.value:g}, got {value!r}", path=path)
+            if isinstance(m, Max) and value is not None and value > m.value:
+                raise ConfigError(f"must be <= {m.value:g}, got {value!r}", path=path)
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return check_value(value, a, path)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        names = " or ".join(_type_name(a) for a in args if a is not type(None))
+        raise ConfigError(f"expected {names}, got {type(value).__name__} {value!r}", path=path)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"must be one of {', '.join(map(repr, choices))}, got {value!r}.{hint}", path=path)
+        return value
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"expected a list, got {type(value).__name__} {value!r}", path=path)
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        return [check_value(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a table, got {type(value).__name__} {value!r}", path=path)
+        args = typing.get_args(tp)
+        vt = args[1] if len(args) == 2 else Any
+        return {k: check_value(v, vt, f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false, got {value!r}", path=path)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"expected int, got {type(value).__name__} {value!r}", path=path)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"expected a number, got {type(value).__name__} {value!r}", path=path)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"expected a string, got {type(value).__name__} {value!r}", path=path)
+        return value
+    if tp is Path:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"expected a path string, got {value!r}", path=path)
+        return str(value)
+    return value
+
+
+def validate_kwargs(cls: type, kwargs: dict[str, Any], path: str) -> dict[str, Any]:
+    """Check ``kwargs`` against ``cls.__init__``'s keyword-only parameters; return converted values."""
+    sig = inspect.signature(cls.__init__)
+    try:
+        hints = typing.get_type_hints(cls.__init__, include_extras=True)
+    except Exception:  # noqa: BLE001 - unresolvable hints: fall back to no type checks
+        hints = {}
+    params = {n: p for n, p in sig.parameters.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    out: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key not in params:
+            close = difflib.get_close_matches(key, list(params), n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            allowed = ", ".join(params) or "(none)"
+            raise ConfigError(f"unknown key.{hint} Allowed keys: {allowed}", path=f"{path}.{key}" if path else key)
+        out[key] = check_value(value, hints.get(key, Any), f"{path}.{key}" if path else key)
+    for n, p in params.items():
+        if p.default is inspect.Parameter.empty and n not in out:
+            raise ConfigError("required key is missing", path=f"{path}.{n}" if path else n)
+    return out
+
+
+def build_step(spec: dict[str, Any], *, path: str):  # type: ignore[no-untyped-def]
+    """``{"type": name, **kwargs}`` → a constructed step, validated against its constructor."""
+    from corpusforge.registry import STEPS
+
+    if not isinstance(spec, dict):
+        raise ConfigError(f"expected a table like {{ type = \"extract\" }}, got {spec!r}", path=path)
+    if "type" not in spec:
+        raise ConfigError("missing 'type' (the step's registry name)", path=f"{path}.type")
+    kwargs = {k: v for k, v in spec.items() if k != "type"}
+    cls = STEPS.get(spec["type"], path=f"{path}.type")
+    if not inspect.isclass(cls):
+        return cls  # a plain function step
+    return cls(**validate_kwargs(cls, kwargs, path))
+
+
+# ---------------------------------------------------------------------------------------------- recipe
+
+
+@dataclass
+class StageSpec:
+    name: str
+    kind: str
+    input: str | None
+    params: dict[str, Any]
+    path: str  # field path of this stage in the recipe, for error messages
+
+
+@dataclass
+class Recipe:
+    name: str
+    workdir: Path
+    workers: int
+    stages: list[StageSpec]
+    raw: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    def stage_config(self, spec: StageSpec) -> dict[str, Any]:
+        return {"kind": spec.kind, "input": spec.input, "params": spec.params}
+
+    def fingerprint(self) -> str:
+        """Hash of what defines the outputs (stage kinds, inputs and parameters; not workers or workdir)."""
+        blob = json.dumps([self.stage_config(s) | {"name": s.name} for s in self.stages], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+TOP_KEYS = {"name": str, "workdir": str, "workers": int, "description": str, "stages": list}
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b[0].c=value`` (or ``stage_name.key=value``) to the raw recipe dict in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects KEY=VALUE, got {assignment!r}", path="--set")
+    key, _, value = assignment.partition("=")
+    parts = [p for p in _INDEX.sub(r".\1", key.strip()).split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set: empty key in {assignment!r}", path="--set")
+    stages = raw.get("stages")
+    # A first part naming a stage is a shortcut for stages[i].
+    if isinstance(stages, list) and parts[0] not in TOP_KEYS:
+        for i, st in enumerate(stages):
+            if isinstance(st, dict) and (st.get("name") or st.get("kind")) == parts[0]:
+                parts = ["stages", str(i), *parts[1:]]
+                break
+    node: Any = raw
+    for j, p in enumerate(parts[:-1]):
+        nxt = node[int(p)] if isinstance(node, list) and p.isdigit() and int(p) < len(node) else None
+        if isinstance(node, dict):
+            nxt = node.setdefault(p, {})
+        if nxt is None:
+            raise ConfigError(f"--set: no such path {'.'.join(parts[: j + 1])!r}", path=key)
+        node = nxt
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set: index {last} out of range", path=key)
+        node[int(last)] = _parse_value(value)
+    else:
+        node[last] = _parse_value(value)
+
+
+def load_recipe_dict(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("recipe file not found", file=str(path))
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text: {exc}", file=str(path)) from exc
+
+
+def validate_recipe(raw: dict[str, Any], *, source: str | None = None, base_dir: Path | None = None) -> Recipe:
+    """Validate a raw recipe dict completely; raise ``ConfigError`` with the field path on the first problem."""
+    from corpusforge.registry import STAGES
+
+    try:
+        for key, value in raw.items():
+            if key not in TOP_KEYS:
+                close = difflib.get_close_matches(key, list(TOP_KEYS), n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown key.{hint} Allowed: {', '.join(TOP_KEYS)}", path=key)
+            check_value(value, TOP_KEYS[key], key)
+        if "name" not in raw:
+            raise ConfigError("required key is missing", path="name")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", raw["name"]):
+            raise ConfigError("use letters, digits, '.', '_' or '-'", path="name")
+        workers = check_value(raw.get("workers", 2), Annotated[int, Min(1), Max(256)], "workers")
+        stages_raw = raw.get("stages")
+        if not stages_raw:
+            raise ConfigError("a recipe needs at least one [[stages]] entry", path="stages")
+        specs: list[StageSpec] = []
+        seen: set[str] = set()
+        for i, st in enumerate(stages_raw):
+            spath = f"stages[{i}]"
+            if not isinstance(st, dict):
+                raise ConfigError("expected a table", path=spath)
+            if "kind" not in st:
+                raise ConfigError(f"missing 'kind'; one of: {', '.join(STAGES.names())}", path=f"{spath}.kind")
+            kind = check_value(st["kind"], str, f"{spath}.kind")
+            cls = STAGES.get(kind, path=f"{spath}.kind")
+            name = check_value(st.get("name", kind), str, f"{spath}.name")
+            if name in seen:
+                raise ConfigError(f"duplicate stage name {name!r}; give each stage a distinct name", path=f"{spath}.name")
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+                raise ConfigError("use letters, digits, '_' or '-'", path=f"{spath}.name")
+            inp = st.get("input", specs[-1].name if specs else None)
+            if inp is not None:
+                inp = check_value(inp, str, f"{spath}.input")
+                if inp not in seen:
+                    raise ConfigError(
+                        f"input {inp!r} is not an earlier stage; earlier stages: {', '.join(seen) or '(none)'}",
+                        path=f"{spath}.input",
+                    )
+            params = validate_kwargs(cls, {k: v for k, v in st.items() if k not in ("kind", "name", "input")}, spath)
+            stage = cls(**params)
+            validate = getattr(stage, "validate", None)
+            if callable(validate):
+                validate(spath)
+            specs.append(StageSpec(name=name, kind=kind, input=inp, params=params, path=spath))
+            seen.add(name)
+        workdir = Path(raw.get("workdir", f"runs/{raw['name']}"))
+        if base_dir is not None and not workdir.is_absolute():
+            workdir = Path.cwd() / workdir
+    except ConfigError as exc:
+        if source and exc.file is None:
+            raise ConfigError(str(exc), path=None, file=source) from None
+        raise
+    return Recipe(name=raw["name"], workdir=workdir, workers=workers, stages=specs, raw=raw, source=source)
+
+
+def load_recipe(path: Path, overrides: list[str] | None = None, *, workdir: str | None = None) -> Recipe:
+    raw = load_recipe_dict(path)
+    raw = copy.deepcopy(raw)
+    for o in overrides or []:
+        apply_override(raw, o)
+    if workdir:
+        raw["workdir"] = workdir
+    return validate_recipe(raw, source=str(path))

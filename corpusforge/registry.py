@@ -1,0 +1,69 @@
+"""Name → class registries for stages, steps and crawl backends, with entry-point plugins.
+
+Built-ins are registered as ``"module:attr"`` strings and imported on first use, so ``import corpusforge``
+stays light. Third-party packages add entries through the entry-point groups ``corpusforge.steps``,
+``corpusforge.stages`` and ``corpusforge.backends``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from corpusforge.errors import ConfigError
+
+
+class Registry:
+    def __init__(self, kind: str, entry_point_group: str) -> None:
+        self.kind = kind
+        self.group = entry_point_group
+        self._targets: dict[str, str | Any] = {}
+        self._plugins_loaded = False
+
+    def add(self, name: str, target: str | Any) -> None:
+        """Register ``target`` (an object or a lazy ``"module:attr"`` string) under ``name``."""
+        self._targets[name] = target
+
+    def register(self, name: str) -> Callable[[Any], Any]:
+        def deco(obj: Any) -> Any:
+            self.add(name, obj)
+            return obj
+
+        return deco
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        import corpusforge.builtins  # noqa: F401  (registers the built-ins by name)
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=self.group):
+            self._targets.setdefault(ep.name, ep.value)
+
+    def names(self) -> list[str]:
+        self._load_plugins()
+        return sorted(self._targets)
+
+    def get(self, name: str, *, path: str | None = None) -> Any:
+        self._load_plugins()
+        if name not in self._targets:
+            close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}.{hint} Choices: {', '.join(self.names())}", path=path
+            )
+        target = self._targets[name]
+        if isinstance(target, str):
+            module, _, attr = target.partition(":")
+            target = getattr(importlib.import_module(module), attr)
+            self._targets[name] = target
+        return target
+
+
+STAGES = Registry("stage kind", "corpusforge.stages")
+STEPS = Registry("step", "corpusforge.steps")
+BACKENDS = Registry("crawl backend", "corpusforge.backends")
+

@@ -1,0 +1,125 @@
+"""Stage kinds: what one entry of a recipe's ``[[stages]]`` becomes.
+
+A stage reads one earlier stage's folder and writes only its own (``<workdir>/<stage name>/``). The runner
+splits it into ``num_tasks`` tasks, runs ``run_task(ctx, rank)`` for each task that has no completion marker
+yet, then calls ``finalize`` and writes the stage's ``manifest.json`` last.
+
+The constructor is the schema: keyword-only, typed parameters, validated by ``recipe.py`` before anything
+runs. ``expand`` lets a multi-stage algorithm (MinHash: signatures → buckets → clusters → apply) become
+several stages in the plan, so its sub-stages cannot disagree about inputs or task counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from corpusforge.storage import manifest_paths
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageContext:
+    """Everything a task needs to know about where it runs. Picklable (sent to worker processes)."""
+
+    run_dir: Path
+    out_dir: Path
+    in_dir: Path | None
+    stage_name: str
+    # The recipe stage's own folder. Equal to out_dir, except for sub-stages of an expanded stage
+    # (MinHash: home=dedup/, out_dir=dedup/signatures/ …), which find their siblings through it.
+    home: Path | None = None
+    workers: int = 1
+    # Bounds of a run: stop cleanly and report "partial" when reached.
+    max_pages: int | None = None
+    deadline: float | None = None  # time.time() value
+    # Named stage folders of the whole run, for stages that read more than their input (e.g. tokens needs
+    # the tokenizer folder).
+    stage_dirs: dict[str, Path] = field(default_factory=dict)
+    # Fault hook for tests: "stage:n" makes that stage's task exit hard at its n-th record.
+    fault: str | None = None
+
+    def input_files(self) -> list[Path]:
+        if self.in_dir is None:
+            return []
+        return manifest_paths(self.in_dir)
+
+    def stop_requested(self) -> bool:
+        return STOP.is_set() or (self.deadline is not None and time.time() >= self.deadline)
+
+    def fault_at(self, n: int) -> None:
+        """Exit the process hard at record ``n`` when the fault hook names this stage (tests of kill -9)."""
+        if self.fault:
+            name, _, at = self.fault.partition(":")
+            if name == self.stage_name and at and n == int(at):
+                import os
+
+                os._exit(137)
+
+
+# Set by the SIGTERM/SIGINT handler; long tasks poll ``ctx.stop_requested()``.
+STOP = threading.Event()
+
+
+@dataclass
+class TaskResult:
+    files: list[dict[str, Any]] = field(default_factory=list)  # name, rows, bytes, sha256
+    steps: list[dict[str, Any]] = field(default_factory=list)  # StepStats.to_dict() per step
+    extra: dict[str, Any] = field(default_factory=dict)  # stage-specific numbers for the summary
+    partial: bool = False  # stopped by a bound or a signal: no completion marker, resumable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"files": self.files, "steps": self.steps, "extra": self.extra}
+
+
+class Stage:
+    """Base of every stage kind; subclasses define keyword-only constructor parameters."""
+
+    kind: ClassVar[str] = "stage"
+    # True when the stage's files are document shards that a later stage can read.
+    produces_documents: ClassVar[bool] = True
+
+    name: str = ""
+    input: str | None = None
+
+    def config(self) -> dict[str, Any]:
+        """The parameters that define this stage's output (hashed to refuse a changed config)."""
+        return dict(getattr(self, "_params", {}))
+
+    def expand(self) -> list["Stage"]:
+        return [self]
+
+    def num_tasks(self, ctx: StageContext) -> int:
+        return 1
+
+    def parallel(self) -> bool:
+        """Whether tasks may run in separate worker processes."""
+        return True
+
+    # Sub-folder of the recipe stage's folder for a sub-stage made by ``expand`` ("" = the folder itself).
+    subdir: str = ""
+
+    def prepare_task(self, ctx: StageContext, rank: int) -> None:
+        """Before (re)running an unfinished task: remove what an earlier, interrupted attempt left.
+
+        The default removes this task's shards (``<rank>.arrow``, ``<rank>-NNN.arrow``); a stage that
+        resumes a task from its own state (the crawler) overrides this to keep them.
+        """
+        for p in list(ctx.out_dir.glob(f"{rank:05d}.arrow")) + list(ctx.out_dir.glob(f"{rank:05d}-*.arrow")):
+            p.unlink(missing_ok=True)
+
+    def run_task(self, ctx: StageContext, rank: int) -> TaskResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def finalize(self, ctx: StageContext, results: list[TaskResult]) -> dict[str, Any]:
+        """Extra fields for the manifest; runs once after all tasks are complete."""
+        return {}
+
+    def summary(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Figures for the end-of-run table."""
+        return {}

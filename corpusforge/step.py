@@ -1,0 +1,125 @@
+"""Steps over document streams.
+
+``Step.run(docs, rank, world_size)`` is a generator. ``Filter.reject(doc)`` returns a named drop reason or
+None; ``Mapper.map(doc)`` returns the new document or None (dropped with ``map_failed`` unless the mapper
+calls ``self.stats.drop`` with its own reason first). The base classes do the counting, so every step reports
+input, output and dropped-by-reason, and a filter can keep its rejects in ``rejected/`` with the reason.
+
+A plain function ``f(docs, rank, world_size) -> docs`` can be a step too: ``FunctionStep`` wraps it and
+counts what went in and out (drops counted as ``dropped``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from corpusforge.document import Document
+from corpusforge.stats import StepStats
+
+
+@runtime_checkable
+class StepLike(Protocol):
+    def run(self, docs: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]: ...
+
+
+class Step:
+    """Base step. Subclasses override ``run`` (or use ``Filter`` / ``Mapper``)."""
+
+    name: ClassVar[str] = "step"
+
+    def __init__(self) -> None:
+        self.stats = StepStats(self.name)
+        # A callable(doc, reason) set by the runner when rejected documents are kept on disk.
+        self.on_reject: Callable[[Document, str], None] | None = None
+
+    def run(self, docs: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        for doc in docs:
+            self.stats.input += 1
+            self.stats.output += 1
+            yield doc
+
+    def _reject(self, doc: Document, reason: str) -> None:
+        self.stats.drop(reason)
+        if self.on_reject is not None:
+            self.on_reject(doc, f"{self.name}:{reason}")
+
+
+class Filter(Step):
+    """Keeps a document unless ``reject`` names a reason."""
+
+    name: ClassVar[str] = "filter"
+
+    def reject(self, doc: Document) -> str | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run(self, docs: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        for doc in docs:
+            self.stats.input += 1
+            reason = self.reject(doc)
+            if reason is None:
+                self.stats.output += 1
+                yield doc
+            else:
+                self._reject(doc, reason)
+
+
+class Mapper(Step):
+    """Transforms each document; returning None drops it."""
+
+    name: ClassVar[str] = "mapper"
+
+    def map(self, doc: Document) -> Document | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run(self, docs: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        for doc in docs:
+            self.stats.input += 1
+            before = sum(self.stats.dropped.values())
+            out = self.map(doc)
+            if out is None:
+                if sum(self.stats.dropped.values()) == before:  # the mapper gave no reason of its own
+                    self._reject(doc, "map_failed")
+                elif self.on_reject is not None:
+                    self.on_reject(doc, f"{self.name}:{next(reversed(self.stats.dropped))}")
+                continue
+            self.stats.output += 1
+            yield out
+
+
+class FunctionStep(Step):
+    """Wraps ``f(docs, rank, world_size) -> docs`` and counts in/out; the difference is ``dropped``."""
+
+    def __init__(self, fn: Callable[..., Iterable[Document]], name: str | None = None) -> None:
+        self.name = name or getattr(fn, "__name__", "function")  # type: ignore[misc]
+        super().__init__()
+        self.fn = fn
+
+    def run(self, docs: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        def counted() -> Iterator[Document]:
+            for d in docs:
+                self.stats.input += 1
+                yield d
+
+        for out in self.fn(counted(), rank, world_size):
+            self.stats.output += 1
+            yield out
+        gap = self.stats.input - self.stats.output
+        if gap > 0:
+            self.stats.drop("dropped", gap)
+
+
+def as_step(obj: Any) -> Step:
+    if isinstance(obj, Step):
+        return obj
+    if callable(obj):
+        return FunctionStep(obj)
+    raise TypeError(f"{obj!r} is neither a Step nor a callable")
+
+
+def chain(steps: list[Step], docs: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+    """Pipe ``docs`` through ``steps`` lazily."""
+    stream: Iterable[Document] = docs
+    for step in steps:
+        stream = step.run(stream, rank, world_size)
+    yield from stream

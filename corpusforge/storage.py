@@ -1,0 +1,343 @@
+"""Arrow document shards: atomic writes, size rotation, manifests and validation.
+
+Document shards are Arrow IPC *files* (``00003.arrow``, ``00003-001.arrow`` after rotation) with the columns
+of ``DOC_SCHEMA``. A shard is written under ``<name>.tmp`` and renamed when complete, so no partial file ever
+carries a final name. ``manifest.json`` lists every file with rows, bytes and sha256 plus the config and the
+versions that made the folder; it is written last, atomically. Readers and ``validate`` check files against
+it, because an Arrow stream cut at a batch boundary reads without any error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from corpusforge.document import Document
+from corpusforge.errors import FatalError, ShardError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TMP_SUFFIX = ".tmp"
+
+DOC_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.large_string()),
+        ("url", pa.string()),
+        ("source", pa.string()),
+        ("fetched_at", pa.string()),
+        ("final_url", pa.string()),
+        ("status", pa.int32()),
+        ("backend", pa.string()),
+        ("robots", pa.string()),
+        ("html", pa.large_string()),
+        ("metadata", pa.large_string()),
+    ]
+)
+
+
+# --------------------------------------------------------------------------------------------------- files
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file + fsync + rename; a crash leaves the old file or none."""
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise FatalError(f"cannot write {path}: {exc.strerror or exc}. Check free space and permissions.") from exc
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def clean_temp_files(folder: Path) -> int:
+    """Remove leftovers of an interrupted write (``*.tmp``); returns how many were removed."""
+    n = 0
+    if folder.is_dir():
+        for p in folder.rglob(f"*{TMP_SUFFIX}"):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def versions() -> dict[str, str]:
+    """Versions of what made an output, recorded in manifests."""
+    import corpusforge
+
+    out = {"corpusforge": corpusforge.__version__, "python": platform.python_version(), "pyarrow": pa.__version__}
+    for mod in ("tokenizers", "torch", "trafilatura"):
+        m = __import__("sys").modules.get(mod)
+        if m is not None and hasattr(m, "__version__"):
+            out[mod] = str(m.__version__)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- writing
+class ShardWriter:
+    """Writes documents to ``<folder>/<prefix>.arrow``, rotating to ``<prefix>-001.arrow`` … past ``max_bytes``.
+
+    Use as a context manager. ``close()`` finishes every file (fsync + rename) and returns their records
+    (name, rows, bytes, sha256) for the task's completion marker. ``abort()`` removes what was written.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        prefix: str,
+        *,
+        max_bytes: int = 512 << 20,
+        batch_rows: int = 512,
+        schema: pa.Schema = DOC_SCHEMA,
+    ) -> None:
+        self.folder = Path(folder)
+        self.prefix = prefix
+        self.max_bytes = max_bytes
+        self.batch_rows = batch_rows
+        self.schema = schema
+        self.files: list[dict[str, Any]] = []
+        self._rows: list[dict[str, Any]] = []
+        self._writer: ipc.RecordBatchFileWriter | None = None
+        self._sink: pa.OSFile | None = None
+        self._tmp: Path | None = None
+        self._final: Path | None = None
+        self._file_rows = 0
+        self._file_bytes = 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _name(self) -> str:
+        k = len(self.files)
+        return f"{self.prefix}.arrow" if k == 0 else f"{self.prefix}-{k:03d}.arrow"
+
+    def _open(self) -> None:
+        self._final = self.folder / self._name()
+        self._tmp = self._final.with_name(self._final.name + TMP_SUFFIX)
+        self._sink = pa.OSFile(str(self._tmp), "wb")
+        self._writer = ipc.new_file(self._sink, self.schema)
+        self._file_rows = 0
+        self._file_bytes = 0
+
+    def write(self, doc: Document) -> None:
+        self.write_row(doc.to_row())
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= self.batch_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        if self._writer is None:
+            self._open()
+        batch = pa.RecordBatch.from_pylist(self._rows, schema=self.schema)
+        self._rows = []
+        try:
+            assert self._writer is not None
+            self._writer.write_batch(batch)
+        except OSError as exc:
+            self.abort()
+            raise FatalError(f"cannot write shard in {self.folder}: {exc}. Check free space.") from exc
+        self._file_rows += batch.num_rows
+        self._file_bytes += batch.nbytes
+        if self._file_bytes >= self.max_bytes:
+            self._finish_file()
+
+    def _finish_file(self) -> None:
+        if self._writer is None:
+            return
+        assert self._sink is not None and self._tmp is not None and self._final is not None
+        try:
+            self._writer.close()
+            self._sink.flush()
+            os.fsync(self._sink.fileno())
+            self._sink.close()
+            os.replace(self._tmp, self._final)
+            fsync_dir(self.folder)
+        except OSError as exc:
+            self.abort()
+            raise FatalError(f"cannot finish shard {self._final}: {exc}. Check free space.") from exc
+        self.files.append(
+            {
+                "name": self._final.name,
+                "rows": self._file_rows,
+                "bytes": self._final.stat().st_size,
+                "sha256": sha256_file(self._final),
+            }
+        )
+        self._writer = None
+        self._sink = None
+
+    def close(self) -> list[dict[str, Any]]:
+        self._flush()
+        self._finish_file()
+        return self.files
+
+    def abort(self) -> None:
+        """Drop everything this writer made (used when a task fails)."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+                assert self._sink is not None
+                self._sink.close()
+            except Exception:  # noqa: BLE001 - best effort on an already failing path
+                pass
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+        for f in self.files:
+            (self.folder / f["name"]).unlink(missing_ok=True)
+        self._writer = None
+        self.files = []
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+# --------------------------------------------------------------------------------------------------- reading
+def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """Read a shard (IPC file, or IPC stream for token shards) fully; raises ``ShardError`` if unreadable."""
+    try:
+        with pa.memory_map(str(path), "r") as src:
+            try:
+                table = ipc.open_file(src).read_all()
+            except pa.ArrowInvalid:
+                src.seek(0)
+                table = ipc.open_stream(src).read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ShardError(f"{path}: unreadable Arrow file ({exc}); rerun the stage that wrote it") from exc
+    return table.select(columns) if columns else table
+
+
+def iter_documents(paths: Iterable[Path], *, columns: list[str] | None = None) -> Iterator[Document]:
+    """Stream documents from shards batch by batch (never the whole stream in memory)."""
+    for path in paths:
+        try:
+            with pa.memory_map(str(path), "r") as src:
+                reader = ipc.open_file(src)
+                for i in range(reader.num_record_batches):
+                    batch = reader.get_batch(i)
+                    if columns:
+                        batch = batch.select([c for c in columns if c in batch.schema.names])
+                    for row in batch.to_pylist():
+                        yield Document.from_row(row)
+        except pa.ArrowInvalid as exc:
+            raise ShardError(f"{path}: unreadable Arrow file ({exc}); rerun the stage that wrote it") from exc
+
+
+# --------------------------------------------------------------------------------------------------- manifests
+def write_manifest(folder: Path, files: list[dict[str, Any]], *, config: Any, extra: dict[str, Any] | None = None) -> dict:
+    manifest = {
+        "format": "corpusforge/1",
+        "files": sorted(files, key=lambda f: f["name"]),
+        "rows": sum(f["rows"] for f in files),
+        "bytes": sum(f["bytes"] for f in files),
+        "config": config,
+        "versions": versions(),
+    }
+    if extra:
+        manifest.update(extra)
+    atomic_write_json(Path(folder) / MANIFEST, manifest)
+    return manifest
+
+
+def load_manifest(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ShardError(f"{folder}: no {MANIFEST}; the stage did not finish (rerun it)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ShardError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def manifest_paths(folder: Path) -> list[Path]:
+    """The shard paths a finished folder lists, in manifest order."""
+    return [Path(folder) / f["name"] for f in load_manifest(folder)["files"]]
+
+
+def count_rows(path: Path) -> int:
+    return read_table(path, columns=[]).num_rows if False else _count_rows(path)
+
+
+def _count_rows(path: Path) -> int:
+    with pa.memory_map(str(path), "r") as src:
+        try:
+            reader = ipc.open_file(src)
+            return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+        except pa.ArrowInvalid:
+            src.seek(0)
+            return sum(b.num_rows for b in ipc.open_stream(src))
+
+
+def validate_folder(folder: Path, *, deep: bool = True) -> list[str]:
+    """Check every file a manifest lists: present, same size, same sha256, same row count, readable.
+
+    Returns a list of problems (empty when the folder is valid). ``deep=False`` skips sha256 and row counts.
+    """
+    folder = Path(folder)
+    problems: list[str] = []
+    try:
+        manifest = load_manifest(folder)
+    except ShardError as exc:
+        return [str(exc)]
+    for f in manifest.get("files", []):
+        path = folder / f["name"]
+        if not path.is_file():
+            problems.append(f"{path}: missing (listed in {MANIFEST})")
+            continue
+        size = path.stat().st_size
+        if size != f["bytes"]:
+            problems.append(f"{path}: {size} bytes, manifest says {f['bytes']} (truncated or altered)")
+            continue
+        if not deep:
+            continue
+        digest = sha256_file(path)
+        if digest != f["sha256"]:
+            problems.append(f"{path}: sha256 {digest[:12]}… differs from manifest {f['sha256'][:12]}… (altered)")
+            continue
+        try:
+            rows = _count_rows(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            problems.append(f"{path}: unreadable ({exc})")
+            continue
+        if rows != f["rows"]:
+            problems.append(f"{path}: {rows} rows, manifest says {f['rows']}")
+    return problems
