@@ -9,6 +9,7 @@ from corpusforge.registry import BACKENDS, STAGES, STEPS
 
 # --- core -------------------------------------------------------------------------------------------------
 STAGES.add("process", "corpusforge.process:ProcessStage")
+STAGES.add("shards", "corpusforge.input_stage:ShardsInputStage")
 
 # --- crawl (corpusforge/crawl) ----------------------------------------------------------------------------
 STAGES.add("crawl", "corpusforge.crawl.stage:CrawlStage")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar
 
 from corpusforge.document import Document
+from corpusforge.errors import Interrupted
 from corpusforge.recipe import Min, build_step
 from corpusforge.stage import Stage, StageContext, TaskResult
 from corpusforge.step import Step, chain
@@ -70,6 +71,8 @@ class ProcessStage(Stage):
         try:
             for n, doc in enumerate(chain(steps, iter_documents(files), rank, self.tasks), start=1):
                 ctx.fault_at(n)
+                if n % 256 == 0 and ctx.stop_requested():
+                    raise Interrupted(f"stage {ctx.stage_name} task {rank} stopped; rerun to continue")
                 if self.drop_html:
                     doc.html = None
                 writer.write(doc)

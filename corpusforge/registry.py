@@ -3,12 +3,14 @@
 Built-ins are registered as ``"module:attr"`` strings and imported on first use, so ``import corpusforge``
 stays light. Third-party packages add entries through the entry-point groups ``corpusforge.steps``,
 ``corpusforge.stages`` and ``corpusforge.backends``.
+Modules named in the ``CORPUSFORGE_PLUGINS`` environment variable (comma-separated) are imported too.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +44,12 @@ class Registry:
 
         for ep in entry_points(group=self.group):
             self._targets.setdefault(ep.name, ep.value)
+        # Local plugin modules without packaging: CORPUSFORGE_PLUGINS=mypkg.steps,other.module
+        for module in filter(None, os.environ.get("CORPUSFORGE_PLUGINS", "").split(",")):
+            try:
+                importlib.import_module(module.strip())
+            except ImportError as exc:
+                raise ConfigError(f"cannot import plugin module {module!r}: {exc}", path="CORPUSFORGE_PLUGINS") from exc
 
     def names(self) -> list[str]:
         self._load_plugins()

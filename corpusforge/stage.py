@@ -110,8 +110,10 @@ class Stage:
         The default removes this task's shards (``<rank>.arrow``, ``<rank>-NNN.arrow``); a stage that
         resumes a task from its own state (the crawler) overrides this to keep them.
         """
-        for p in list(ctx.out_dir.glob(f"{rank:05d}.arrow")) + list(ctx.out_dir.glob(f"{rank:05d}-*.arrow")):
-            p.unlink(missing_ok=True)
+        for folder in (ctx.out_dir, ctx.out_dir / "rejected"):
+            for pattern in (f"{rank:05d}.arrow*", f"{rank:05d}-*.arrow*"):
+                for p in folder.glob(pattern):
+                    p.unlink(missing_ok=True)
 
     def run_task(self, ctx: StageContext, rank: int) -> TaskResult:  # pragma: no cover - abstract
         raise NotImplementedError

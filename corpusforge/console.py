@@ -1,0 +1,140 @@
+"""What the CLI shows: logging set-up, progress (bars on a terminal, plain lines otherwise), summary tables.
+
+On a terminal, progress is a Rich bar per stage. When stdout is not a TTY (cron, systemd, CI) there are no
+control characters: plain, timestamped log lines, and a heartbeat line every ``heartbeat_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+log = logging.getLogger("corpusforge")
+
+
+def is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    if is_tty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=True, tracebacks_show_locals=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("corpusforge").setLevel(level)
+
+
+def console() -> Console:
+    # No colour codes or cursor movement unless on a terminal.
+    return Console(force_terminal=None, no_color=not is_tty(), highlight=False, soft_wrap=True)
+
+
+class BarReporter:
+    """Rich progress bars, one per stage (terminal only)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), transient=False)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> "BarReporter":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.progress.stop()
+
+    def stage_start(self, name: str, tasks: int, done: int) -> None:
+        self.tasks[name] = self.progress.add_task(f"{name:<18}", total=tasks, completed=done)
+
+    def task_done(self, name: str, rank: int) -> None:
+        self.progress.advance(self.tasks[name])
+
+    def stage_end(self, name: str, status: str) -> None:
+        self.progress.update(self.tasks[name], description=f"{name:<18} {status}")
+
+
+class LineReporter:
+    """Plain log lines plus a heartbeat every ``heartbeat_s`` seconds (non-TTY)."""
+
+    def __init__(self, heartbeat_s: float = 30.0) -> None:
+        self.heartbeat_s = heartbeat_s
+        self.current: tuple[str, int, int, float] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self) -> "LineReporter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            if self.current:
+                name, done, total, t0 = self.current
+                log.info("stage %s running: %d/%d tasks done, %.0f s elapsed", name, done, total, time.time() - t0)
+
+    def stage_start(self, name: str, tasks: int, done: int) -> None:
+        self.current = (name, done, tasks, time.time())
+        log.info("stage %s: %d task(s), %d already done", name, tasks, done)
+
+    def task_done(self, name: str, rank: int) -> None:
+        if self.current:
+            n, d, t, t0 = self.current
+            self.current = (n, d + 1, t, t0)
+        log.info("stage %s: task %d done", name, rank)
+
+    def stage_end(self, name: str, status: str) -> None:
+        self.current = None
+        log.info("stage %s: %s", name, status)
+
+
+def reporter() -> BarReporter | LineReporter:
+    return BarReporter() if is_tty() else LineReporter()
+
+
+def _fmt_dropped(dropped: dict[str, int], top: int = 4) -> str:
+    items = sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{k} {v}" for k, v in items[:top])
+    if len(items) > top:
+        text += f", +{len(items) - top} more"
+    return text or "-"
+
+
+def stages_table(result: Any) -> Table:
+    """Per stage: status, documents in → out, why the others were dropped, files."""
+    t = Table(title=f"run {result.workdir}", show_lines=False)
+    for col in ("stage", "status", "in", "out", "dropped (why)", "files"):
+        t.add_column(col)
+    for o in result.stages:
+        steps = o.steps or []
+        n_in = steps[0]["input"] if steps else None
+        n_out = steps[-1]["output"] if steps else (o.manifest or {}).get("rows")
+        dropped: dict[str, int] = {}
+        for s in steps:
+            for k, v in s["dropped"].items():
+                dropped[f"{s['name']}:{k}"] = dropped.get(f"{s['name']}:{k}", 0) + v
+        files = len((o.manifest or {}).get("files", [])) if o.manifest else 0
+        t.add_row(o.name, o.status, "-" if n_in is None else str(n_in), "-" if n_out is None else str(n_out),
+                  _fmt_dropped(dropped), str(files))
+    return t

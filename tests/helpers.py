@@ -1,0 +1,66 @@
+"""Small stages and steps for testing the core without the network or the heavier stages."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Annotated, ClassVar
+
+from corpusforge.document import Document
+from corpusforge.errors import TaskError
+from corpusforge.recipe import Min
+from corpusforge.registry import STAGES, STEPS
+from corpusforge.stage import Stage, StageContext, TaskResult
+from corpusforge.stats import StepStats
+from corpusforge.step import Filter
+from corpusforge.storage import ShardWriter
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda".split()
+
+
+class SourceStage(Stage):
+    """Generates ``docs`` deterministic documents spread over ``tasks`` tasks."""
+
+    kind: ClassVar[str] = "test_source"
+
+    def __init__(self, *, docs: Annotated[int, Min(0)] = 100, tasks: Annotated[int, Min(1)] = 2,
+                 fail_rank: int | None = None, sleep_s: float = 0.0) -> None:
+        self.docs = docs
+        self.tasks = tasks
+        self.fail_rank = fail_rank
+        self.sleep_s = sleep_s
+
+    def num_tasks(self, ctx: StageContext) -> int:
+        return self.tasks
+
+    def run_task(self, ctx: StageContext, rank: int) -> TaskResult:
+        if rank == self.fail_rank:
+            raise TaskError(f"planned failure of task {rank}")
+        stats = StepStats("source")
+        with ShardWriter(ctx.out_dir, f"{rank:05d}", batch_rows=7) as w:
+            for i in range(rank, self.docs, self.tasks):
+                n = 3 + (i * 7) % 40
+                text = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(n))
+                w.write(Document(id=f"d{i:05d}", text=text, url=f"http://127.0.0.1/{i}", source="test"))
+                stats.input += 1
+                stats.output += 1
+                ctx.fault_at(stats.output)
+                if self.sleep_s:
+                    time.sleep(self.sleep_s)
+        return TaskResult(files=w.files, steps=[stats.to_dict()])
+
+
+class MinWords(Filter):
+    name: ClassVar[str] = "test_min_words"
+
+    def __init__(self, *, min_words: Annotated[int, Min(1)] = 10) -> None:
+        super().__init__()
+        self.min_words = min_words
+
+    def reject(self, doc: Document) -> str | None:
+        return "too_short" if len(doc.text.split()) < self.min_words else None
+
+
+STAGES.add("test_source", SourceStage)
+STEPS.add("test_min_words", MinWords)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
