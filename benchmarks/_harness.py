@@ -28,8 +28,10 @@ def parser(description: str) -> argparse.ArgumentParser:
 def shared_file(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.is_file():
-        sys.exit(f"{path} not found: this benchmark needs the project's shared/data folder beside the repository "
-                 f"(see shared/data/README.md for where {name} comes from)")
+        sys.exit(
+            f"{path} not found: this benchmark needs the project's shared/data folder beside the repository "
+            f"(see shared/data/README.md for where {name} comes from)"
+        )
     return path
 
 

@@ -43,7 +43,9 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a reci
 WorkdirOpt = Annotated[Path | None, typer.Option("--workdir", help="Work folder (default: the recipe's workdir)")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Rebuild stages whose config changed")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", min=1, help="Worker processes")]
-MaxPagesOpt = Annotated[int | None, typer.Option("--max-pages", min=1, help="Stop the crawl after N stored pages (exit 4)")]
+MaxPagesOpt = Annotated[
+    int | None, typer.Option("--max-pages", min=1, help="Stop the crawl after N stored pages (exit 4)")
+]
 MaxRuntimeOpt = Annotated[float | None, typer.Option("--max-runtime", min=1, help="Stop after S seconds (exit 4)")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging")]
 
@@ -82,15 +84,23 @@ def _setup(verbose: bool) -> None:
     setup_logging(verbose)
 
 
-def execute(recipe: Any, *, force: bool = False, workers: int | None = None, max_pages: int | None = None,
-            max_runtime: float | None = None, quiet: bool = False) -> Any:
+def execute(
+    recipe: Any,
+    *,
+    force: bool = False,
+    workers: int | None = None,
+    max_pages: int | None = None,
+    max_runtime: float | None = None,
+    quiet: bool = False,
+) -> Any:
     """Run a validated recipe with progress output and print the summary; returns the RunResult."""
     from corpusforge.console import console, reporter, stages_table
     from corpusforge.runner import run_recipe
 
     with reporter() as rep:
-        result = run_recipe(recipe, force=force, workers=workers, max_pages=max_pages, max_runtime_s=max_runtime,
-                            reporter=rep)
+        result = run_recipe(
+            recipe, force=force, workers=workers, max_pages=max_pages, max_runtime_s=max_runtime, reporter=rep
+        )
     if not quiet:
         console().print(stages_table(result))
     if result.message:
@@ -121,8 +131,9 @@ def run(
 
 
 @app.command()
-def plan(recipe: Annotated[Path, typer.Argument(help="A recipe TOML file")], set_: SetOpt = None,
-         workdir: WorkdirOpt = None) -> None:
+def plan(
+    recipe: Annotated[Path, typer.Argument(help="A recipe TOML file")], set_: SetOpt = None, workdir: WorkdirOpt = None
+) -> None:
     """Validate a recipe and print its stages, folders, task counts and what is already done."""
     from corpusforge.console import console
     from corpusforge.plan import make_plan
@@ -157,7 +168,9 @@ def plan(recipe: Annotated[Path, typer.Argument(help="A recipe TOML file")], set
 
 
 @app.command()
-def validate(folder: Annotated[Path, typer.Argument(help="A stage folder with manifest.json, or a run folder")]) -> None:
+def validate(
+    folder: Annotated[Path, typer.Argument(help="A stage folder with manifest.json, or a run folder")],
+) -> None:
     """Check shards against their manifests (rows, bytes, sha256); exit 1 on any truncated or altered file."""
     from corpusforge.storage import MANIFEST, validate_folder
 
@@ -185,7 +198,9 @@ def validate(folder: Annotated[Path, typer.Argument(help="A stage folder with ma
 @app.command()
 def crawl(
     spider: Annotated[Path, typer.Argument(help="A spider definition, e.g. spiders/python_docs.toml")],
-    backend: Annotated[str, typer.Option(help="requests+lxml, requests+bs4, scrapy, selenium or auto")] = "requests+lxml",
+    backend: Annotated[
+        str, typer.Option(help="requests+lxml, requests+bs4, scrapy, selenium or auto")
+    ] = "requests+lxml",
     workdir: WorkdirOpt = None,
     set_: SetOpt = None,
     force: ForceOpt = False,
@@ -198,8 +213,11 @@ def crawl(
     from corpusforge.recipe import apply_override, validate_recipe
 
     def go() -> int:
-        raw: dict[str, Any] = {"name": spider.stem, "workers": 1,
-                               "stages": [{"kind": "crawl", "spider": str(spider), "backend": backend}]}
+        raw: dict[str, Any] = {
+            "name": spider.stem,
+            "workers": 1,
+            "stages": [{"kind": "crawl", "spider": str(spider), "backend": backend}],
+        }
         raw["workdir"] = str(workdir or Path("runs") / spider.stem)
         for o in set_ or []:
             apply_override(raw, o)
@@ -211,7 +229,9 @@ def crawl(
 
 @app.command()
 def build(
-    source: Annotated[Path, typer.Argument(help="A finished crawl folder (runs/x/crawl), an HTML folder, a .jsonl or a .warc(.gz)")],
+    source: Annotated[
+        Path, typer.Argument(help="A finished crawl folder (runs/x/crawl), an HTML folder, a .jsonl or a .warc(.gz)")
+    ],
     workdir: WorkdirOpt = None,
     vocab_size: Annotated[int, typer.Option(min=64, help="Tokenizer vocabulary size")] = 8192,
     tokenizer: Annotated[str, typer.Option(help="bpe, unigram or char")] = "bpe",
@@ -249,8 +269,9 @@ def demo(
     _setup(verbose)
     from corpusforge.demo.run import run_demo
 
-    raise typer.Exit(guarded(lambda: run_demo(workdir, pages=pages, train_iters=train_iters, fresh=fresh,
-                                              workers=workers)))
+    raise typer.Exit(
+        guarded(lambda: run_demo(workdir, pages=pages, train_iters=train_iters, fresh=fresh, workers=workers))
+    )
 
 
 # Commands that live beside the code they drive: each module has ``register(app)``.

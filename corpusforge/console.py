@@ -51,11 +51,12 @@ class BarReporter:
     def __init__(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), transient=False)
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
+        )
         self.tasks: dict[str, Any] = {}
 
-    def __enter__(self) -> "BarReporter":
+    def __enter__(self) -> BarReporter:
         self.progress.start()
         return self
 
@@ -81,7 +82,7 @@ class LineReporter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
-    def __enter__(self) -> "LineReporter":
+    def __enter__(self) -> LineReporter:
         self._thread.start()
         return self
 
@@ -135,6 +136,12 @@ def stages_table(result: Any) -> Table:
             for k, v in s["dropped"].items():
                 dropped[f"{s['name']}:{k}"] = dropped.get(f"{s['name']}:{k}", 0) + v
         files = len((o.manifest or {}).get("files", [])) if o.manifest else 0
-        t.add_row(o.name, o.status, "-" if n_in is None else str(n_in), "-" if n_out is None else str(n_out),
-                  _fmt_dropped(dropped), str(files))
+        t.add_row(
+            o.name,
+            o.status,
+            "-" if n_in is None else str(n_in),
+            "-" if n_out is None else str(n_out),
+            _fmt_dropped(dropped),
+            str(files),
+        )
     return t

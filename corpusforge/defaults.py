@@ -62,21 +62,26 @@ def source_stage(source: Path) -> dict[str, Any]:
     )
 
 
-def build_recipe(source: Path, *, workdir: Path | None, vocab_size: int, tokenizer: str,
-                 near_dedup: bool) -> dict[str, Any]:
+def build_recipe(
+    source: Path, *, workdir: Path | None, vocab_size: int, tokenizer: str, near_dedup: bool
+) -> dict[str, Any]:
     name = Path(source).resolve().name.split(".")[0] or "build"
     if name == "crawl":  # runs/<x>/crawl → name the build after the run
         name = Path(source).resolve().parent.name
     return {
         "name": name,
         "workdir": str(workdir or Path("runs") / f"{name}-build"),
-        "stages": [source_stage(source), *clean_stages(near_dedup=near_dedup),
-                   *token_stages(vocab_size=vocab_size, algorithm=tokenizer)],
+        "stages": [
+            source_stage(source),
+            *clean_stages(near_dedup=near_dedup),
+            *token_stages(vocab_size=vocab_size, algorithm=tokenizer),
+        ],
     }
 
 
-def demo_recipe(*, seed_url: str, spider: Path, workdir: Path, pages: int, train_iters: int,
-                workers: int = 2) -> dict[str, Any]:
+def demo_recipe(
+    *, seed_url: str, spider: Path, workdir: Path, pages: int, train_iters: int, workers: int = 2
+) -> dict[str, Any]:
     """The embedded default: crawl the loopback demo site and run every stage down to a tiny GPT."""
     return {
         "name": "demo",

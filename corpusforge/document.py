@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -24,7 +24,7 @@ def stable_id(key: str) -> str:
 
 def utc_now_iso() -> str:
     """Current time as ISO 8601 UTC with second precision, e.g. ``2026-11-22T11:07:28Z``."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(slots=True)
@@ -44,7 +44,7 @@ class Document:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> "Document":
+    def from_url(cls, url: str, **kwargs: Any) -> Document:
         """A document whose id derives from its (canonical) URL."""
         return cls(id=stable_id(url), url=url, **kwargs)
 
@@ -65,7 +65,7 @@ class Document:
         }
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Document":
+    def from_row(cls, row: dict[str, Any]) -> Document:
         meta = row.get("metadata")
         return cls(
             id=row["id"],

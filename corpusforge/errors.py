@@ -54,8 +54,7 @@ class MissingExtraError(CorpusforgeError):
 
     def __init__(self, module: str, extra: str) -> None:
         super().__init__(
-            f"the optional dependency {module!r} is not installed; "
-            f"install it with: pip install 'corpusforge[{extra}]'"
+            f"the optional dependency {module!r} is not installed; install it with: pip install 'corpusforge[{extra}]'"
         )
 
 

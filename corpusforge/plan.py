@@ -62,11 +62,20 @@ def make_plan(recipe: Recipe) -> list[PlanEntry]:
             sub.name, sub.input = spec.name, spec.input
             out_dir = home / sub.subdir if sub.subdir else home
             name = f"{spec.name}.{sub.subdir}" if sub.subdir else spec.name
-            h = _hash({"kind": spec.kind, "params": spec.params, "sub": sub.subdir, "input": in_hash,
-                       "config": sub.config()})
+            h = _hash(
+                {"kind": spec.kind, "params": spec.params, "sub": sub.subdir, "input": in_hash, "config": sub.config()}
+            )
             entries.append(
-                PlanEntry(name=name, spec=spec, stage=sub, out_dir=out_dir, in_dir=in_dir, home=home,
-                          config_hash=h, external=hasattr(top, "external_dir"))
+                PlanEntry(
+                    name=name,
+                    spec=spec,
+                    stage=sub,
+                    out_dir=out_dir,
+                    in_dir=in_dir,
+                    home=home,
+                    config_hash=h,
+                    external=hasattr(top, "external_dir"),
+                )
             )
         final_dir[spec.name] = home
         final_hash[spec.name] = entries[-1].config_hash

@@ -6,7 +6,6 @@ Input files are assigned to tasks by position (file ``i`` → task ``i % tasks``
 
 from __future__ import annotations
 
-
 from typing import Annotated, Any, ClassVar
 
 from corpusforge.document import Document
@@ -15,7 +14,6 @@ from corpusforge.recipe import Min, build_step
 from corpusforge.stage import Stage, StageContext, TaskResult
 from corpusforge.step import Step, chain
 from corpusforge.storage import ShardWriter, iter_documents
-
 
 
 class ProcessStage(Stage):
@@ -86,5 +84,3 @@ class ProcessStage(Stage):
         result = TaskResult(files=out, steps=[s.stats.to_dict() for s in steps])
         result.extra["rejected_files"] = [f"rejected/{f['name']}" for f in rej]
         return result
-
-

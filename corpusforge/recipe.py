@@ -124,12 +124,15 @@ def check_value(value: Any, tp: Any, path: str) -> Any:
 
 def validate_kwargs(cls: type, kwargs: dict[str, Any], path: str) -> dict[str, Any]:
     """Check ``kwargs`` against ``cls.__init__``'s keyword-only parameters; return converted values."""
-    sig = inspect.signature(cls.__init__)
+    init = cls.__dict__.get("__init__") or next(k.__dict__["__init__"] for k in cls.__mro__ if "__init__" in k.__dict__)
+    sig = inspect.signature(init)
     try:
-        hints = typing.get_type_hints(cls.__init__, include_extras=True)
+        hints = typing.get_type_hints(init, include_extras=True)
     except Exception:  # noqa: BLE001 - unresolvable hints: fall back to no type checks
         hints = {}
-    params = {n: p for n, p in sig.parameters.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    params = {
+        n: p for n, p in sig.parameters.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
     out: dict[str, Any] = {}
     for key, value in kwargs.items():
         if key not in params:
@@ -149,7 +152,7 @@ def build_step(spec: dict[str, Any], *, path: str):  # type: ignore[no-untyped-d
     from corpusforge.registry import STEPS
 
     if not isinstance(spec, dict):
-        raise ConfigError(f"expected a table like {{ type = \"extract\" }}, got {spec!r}", path=path)
+        raise ConfigError(f'expected a table like {{ type = "extract" }}, got {spec!r}', path=path)
     if "type" not in spec:
         raise ConfigError("missing 'type' (the step's registry name)", path=f"{path}.type")
     kwargs = {k: v for k, v in spec.items() if k != "type"}
@@ -277,7 +280,9 @@ def validate_recipe(raw: dict[str, Any], *, source: str | None = None, base_dir:
             cls = STAGES.get(kind, path=f"{spath}.kind")
             name = check_value(st.get("name", kind), str, f"{spath}.name")
             if name in seen:
-                raise ConfigError(f"duplicate stage name {name!r}; give each stage a distinct name", path=f"{spath}.name")
+                raise ConfigError(
+                    f"duplicate stage name {name!r}; give each stage a distinct name", path=f"{spath}.name"
+                )
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
                 raise ConfigError("use letters, digits, '_' or '-'", path=f"{spath}.name")
             inp = st.get("input", specs[-1].name if specs else None)

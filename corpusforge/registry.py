@@ -39,8 +39,9 @@ class Registry:
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
-        import corpusforge.builtins  # noqa: F401  (registers the built-ins by name)
         from importlib.metadata import entry_points
+
+        import corpusforge.builtins  # noqa: F401  (registers the built-ins by name)
 
         for ep in entry_points(group=self.group):
             self._targets.setdefault(ep.name, ep.value)
@@ -60,9 +61,7 @@ class Registry:
         if name not in self._targets:
             close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}.{hint} Choices: {', '.join(self.names())}", path=path
-            )
+            raise ConfigError(f"unknown {self.kind} {name!r}.{hint} Choices: {', '.join(self.names())}", path=path)
         target = self._targets[name]
         if isinstance(target, str):
             module, _, attr = target.partition(":")
@@ -74,4 +73,3 @@ class Registry:
 STAGES = Registry("stage kind", "corpusforge.stages")
 STEPS = Registry("step", "corpusforge.steps")
 BACKENDS = Registry("crawl backend", "corpusforge.backends")
-

@@ -240,8 +240,15 @@ class Runner:
         e.out_dir.mkdir(parents=True, exist_ok=True)
         clean_temp_files(e.out_dir)
         if not stage_file.is_file():
-            atomic_write_json(stage_file, {"config_hash": e.config_hash, "kind": e.spec.kind, "name": e.name,
-                                           "config": e.stage.config() or e.spec.params})
+            atomic_write_json(
+                stage_file,
+                {
+                    "config_hash": e.config_hash,
+                    "kind": e.spec.kind,
+                    "name": e.name,
+                    "config": e.stage.config() or e.spec.params,
+                },
+            )
         ctx = e.context(self.recipe, self.dirs, max_pages=self.max_pages, deadline=self.deadline, fault=self.fault)
         n = e.stage.num_tasks(ctx)
         out.tasks = n
@@ -260,8 +267,14 @@ class Runner:
         steps = merge_step_lists([r["steps"] for r in results])
         for s in steps:
             if s["input"] != s["output"] + sum(s["dropped"].values()):
-                log.warning("stage %s step %s: input %d != output %d + dropped %d", e.name, s["name"], s["input"],
-                            s["output"], sum(s["dropped"].values()))
+                log.warning(
+                    "stage %s step %s: input %d != output %d + dropped %d",
+                    e.name,
+                    s["name"],
+                    s["input"],
+                    s["output"],
+                    sum(s["dropped"].values()),
+                )
         extra_tasks = [r.get("extra", {}) for r in results]
         stats = {"stage": e.name, "kind": e.spec.kind, "tasks": n, "steps": steps, "task_extra": extra_tasks}
         (e.out_dir / "stats").mkdir(exist_ok=True)
@@ -281,8 +294,7 @@ class Runner:
             out.steps = st.get("steps", [])
             out.extra = _sum_extra(st.get("task_extra", []))
         if out.manifest:
-            out.extra |= {k: v for k, v in out.manifest.items()
-                          if k not in ("files", "config", "versions", "format")}
+            out.extra |= {k: v for k, v in out.manifest.items() if k not in ("files", "config", "versions", "format")}
 
     def _run_tasks(self, e: PlanEntry, ctx: StageContext, pending: list[int], out: StageOutcome) -> bool:
         """Run pending tasks; returns True if any task stopped early (partial)."""
@@ -310,7 +322,13 @@ class Runner:
                             break
                         log.warning("stage %s task %d: %s; retrying", e.name, r, exc)
                     except Exception as exc:  # noqa: BLE001 - the task fails, the others go on
-                        log.error("stage %s task %d failed: %s", e.name, r, _describe(exc), exc_info=not isinstance(exc, CorpusforgeError))
+                        log.error(
+                            "stage %s task %d failed: %s",
+                            e.name,
+                            r,
+                            _describe(exc),
+                            exc_info=not isinstance(exc, CorpusforgeError),
+                        )
                         out.failed_tasks.append(r)
                         out.errors.append(f"task {r}: {_describe(exc)}")
                         break
@@ -335,10 +353,19 @@ class Runner:
                 return True
         return partial
 
-    def _pool_round(self, e: PlanEntry, ctx: StageContext, queue: list[int], attempts: dict[int, int],
-                    out: StageOutcome, workers: int) -> bool:
+    def _pool_round(
+        self,
+        e: PlanEntry,
+        ctx: StageContext,
+        queue: list[int],
+        attempts: dict[int, int],
+        out: StageOutcome,
+        workers: int,
+    ) -> bool:
         partial = False
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as ex:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
+        ) as ex:
             futures: dict[Future[dict[str, Any]], int] = {ex.submit(execute_task, e.stage, ctx, r): r for r in queue}
             while futures:
                 done, _ = wait(futures, return_when=FIRST_COMPLETED)

@@ -91,7 +91,7 @@ class Stage:
         """The parameters that define this stage's output (hashed to refuse a changed config)."""
         return dict(getattr(self, "_params", {}))
 
-    def expand(self) -> list["Stage"]:
+    def expand(self) -> list[Stage]:
         return [self]
 
     def num_tasks(self, ctx: StageContext) -> int:

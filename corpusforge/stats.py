@@ -32,10 +32,10 @@ class StepStats:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StepStats":
+    def from_dict(cls, d: dict[str, Any]) -> StepStats:
         return cls(d["name"], d["input"], d["output"], Counter(d.get("dropped", {})), Counter(d.get("counters", {})))
 
-    def merge(self, other: "StepStats") -> None:
+    def merge(self, other: StepStats) -> None:
         self.input += other.input
         self.output += other.output
         self.dropped.update(other.dropped)

@@ -91,7 +91,7 @@ class FunctionStep(Step):
     """Wraps ``f(docs, rank, world_size) -> docs`` and counts in/out; the difference is ``dropped``."""
 
     def __init__(self, fn: Callable[..., Iterable[Document]], name: str | None = None) -> None:
-        self.name = name or getattr(fn, "__name__", "function")  # type: ignore[misc]
+        self.name = str(name or getattr(fn, "__name__", "function"))  # type: ignore[misc]
         super().__init__()
         self.fn = fn
 

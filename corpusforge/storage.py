@@ -221,7 +221,7 @@ class ShardWriter:
         self._writer = None
         self.files = []
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
@@ -263,7 +263,9 @@ def iter_documents(paths: Iterable[Path], *, columns: list[str] | None = None) -
 
 
 # --------------------------------------------------------------------------------------------------- manifests
-def write_manifest(folder: Path, files: list[dict[str, Any]], *, config: Any, extra: dict[str, Any] | None = None) -> dict:
+def write_manifest(
+    folder: Path, files: list[dict[str, Any]], *, config: Any, extra: dict[str, Any] | None = None
+) -> dict:
     manifest = {
         "format": "corpusforge/1",
         "files": sorted(files, key=lambda f: f["name"]),

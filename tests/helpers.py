@@ -23,8 +23,14 @@ class SourceStage(Stage):
 
     kind: ClassVar[str] = "test_source"
 
-    def __init__(self, *, docs: Annotated[int, Min(0)] = 100, tasks: Annotated[int, Min(1)] = 2,
-                 fail_rank: int | None = None, sleep_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        docs: Annotated[int, Min(0)] = 100,
+        tasks: Annotated[int, Min(1)] = 2,
+        fail_rank: int | None = None,
+        sleep_s: float = 0.0,
+    ) -> None:
         self.docs = docs
         self.tasks = tasks
         self.fail_rank = fail_rank

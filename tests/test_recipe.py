@@ -33,7 +33,11 @@ def test_valid_recipe_resolves_defaults_and_inputs():
         (lambda r: r["stages"][0].update(docs="many"), "stages[0].docs", "expected int"),
         (lambda r: r["stages"][0].update(docs=-1), "stages[0].docs", ">= 0"),
         (lambda r: r["stages"][1]["steps"][0].update(min_words=0), "stages[1].steps[0].min_words", ">= 1"),
-        (lambda r: r["stages"][1]["steps"][0].update(min_wrds=3), "stages[1].steps[0].min_wrds", "Did you mean 'min_words'"),
+        (
+            lambda r: r["stages"][1]["steps"][0].update(min_wrds=3),
+            "stages[1].steps[0].min_wrds",
+            "Did you mean 'min_words'",
+        ),
         (lambda r: r["stages"][1]["steps"][0].update(type="test_min_word"), "stages[1].steps[0].type", "Did you mean"),
         (lambda r: r["stages"][1].update(kind="proces"), "stages[1].kind", "Did you mean 'process'"),
         (lambda r: r["stages"][1].update(input="nope"), "stages[1].input", "not an earlier stage"),

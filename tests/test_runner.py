@@ -11,7 +11,7 @@ import pytest
 
 from corpusforge.errors import ConfigError, LockedError
 from corpusforge.recipe import validate_recipe
-from corpusforge.runner import DONE, FAILED, LOCKED, PARTIAL, BAD_CONFIG, run_recipe, workdir_lock
+from corpusforge.runner import BAD_CONFIG, DONE, FAILED, LOCKED, PARTIAL, run_recipe, workdir_lock
 from corpusforge.storage import validate_folder
 from tests.conftest import cli_env
 
@@ -41,10 +41,21 @@ def _recipe(tmp_path: Path, name="r.toml", workers=2, docs=300, sleep=0.0) -> Pa
 
 
 def _raw(workdir, workers=2, docs=300):
-    return {"name": "t", "workdir": str(workdir), "workers": workers,
-            "stages": [{"kind": "test_source", "docs": docs, "tasks": 3},
-                       {"kind": "process", "name": "clean", "tasks": 2, "keep_rejected": True,
-                        "steps": [{"type": "test_min_words", "min_words": 12}]}]}
+    return {
+        "name": "t",
+        "workdir": str(workdir),
+        "workers": workers,
+        "stages": [
+            {"kind": "test_source", "docs": docs, "tasks": 3},
+            {
+                "kind": "process",
+                "name": "clean",
+                "tasks": 2,
+                "keep_rejected": True,
+                "steps": [{"type": "test_min_words", "min_words": 12}],
+            },
+        ],
+    }
 
 
 def _hashes(workdir: Path, stage: str) -> list[tuple[str, int, str]]:
@@ -53,8 +64,14 @@ def _hashes(workdir: Path, stage: str) -> list[tuple[str, int, str]]:
 
 
 def _cli(*args, cwd, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "corpusforge.cli", *args], cwd=cwd, env=env or cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "corpusforge.cli", *args],
+        cwd=cwd,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_run_writes_manifests_stats_and_balanced_counts(tmp_path):
@@ -119,8 +136,14 @@ def test_lock_refuses_a_second_run(tmp_path):
 
 def test_cli_second_concurrent_run_exits_locked(tmp_path):
     recipe = _recipe(tmp_path, docs=60, sleep=0.05)  # ~2 s per task
-    first = subprocess.Popen([sys.executable, "-m", "corpusforge.cli", "run", str(recipe), "--workdir", "w"],
-                             cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "corpusforge.cli", "run", str(recipe), "--workdir", "w"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 30
         while not (tmp_path / "w" / ".lock").exists() and time.time() < deadline:
@@ -139,8 +162,10 @@ def test_cli_second_concurrent_run_exits_locked(tmp_path):
 
 def test_cli_bad_recipe_exits_bad_config_with_field_path(tmp_path):
     p = tmp_path / "bad.toml"
-    p.write_text('name = "x"\n[[stages]]\nkind = "test_source"\n[[stages]]\nkind = "process"\n'
-                 'steps = [{ type = "test_min_words", min_words = -3 }]\n')
+    p.write_text(
+        'name = "x"\n[[stages]]\nkind = "test_source"\n[[stages]]\nkind = "process"\n'
+        'steps = [{ type = "test_min_words", min_words = -3 }]\n'
+    )
     out = _cli("run", str(p), cwd=tmp_path)
     assert out.returncode == BAD_CONFIG
     assert "stages[1].steps[0].min_words" in out.stderr and "bad config" in out.stderr
@@ -168,9 +193,14 @@ def test_sigkill_midway_then_rerun_gives_the_uninterrupted_manifest(tmp_path):
 
 def test_sigkill_of_the_whole_run_then_rerun(tmp_path):
     recipe = _recipe(tmp_path, docs=90, sleep=0.02)
-    proc = subprocess.Popen([sys.executable, "-m", "corpusforge.cli", "run", str(recipe), "--workdir", "w",
-                             "--workers", "1"], cwd=tmp_path, env=cli_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corpusforge.cli", "run", str(recipe), "--workdir", "w", "--workers", "1"],
+        cwd=tmp_path,
+        env=cli_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     marker = tmp_path / "w" / "test_source" / "completions" / "00000.json"
     while not marker.exists() and time.time() < deadline:
@@ -188,9 +218,14 @@ def test_sigkill_of_the_whole_run_then_rerun(tmp_path):
 
 def test_sigterm_stops_with_partial_and_the_next_run_continues(tmp_path):
     recipe = _recipe(tmp_path, docs=150, sleep=0.02)
-    proc = subprocess.Popen([sys.executable, "-m", "corpusforge.cli", "run", str(recipe), "--workdir", "w",
-                             "--workers", "1"], cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corpusforge.cli", "run", str(recipe), "--workdir", "w", "--workers", "1"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while not (tmp_path / "w" / "test_source" / "completions" / "00000.json").exists() and time.time() < deadline:
         time.sleep(0.02)

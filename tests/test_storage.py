@@ -17,13 +17,22 @@ from corpusforge.storage import (
 
 
 def _docs(n: int) -> list[Document]:
-    return [Document(id=f"d{i}", text=f"text number {i} " * 5, url=f"http://127.0.0.1/{i}", source="t",
-                     metadata={"i": i, "ünï": "çødé"}) for i in range(n)]
+    return [
+        Document(
+            id=f"d{i}",
+            text=f"text number {i} " * 5,
+            url=f"http://127.0.0.1/{i}",
+            source="t",
+            metadata={"i": i, "ünï": "çødé"},
+        )
+        for i in range(n)
+    ]
 
 
 def test_document_row_round_trip():
-    d = Document.from_url("http://127.0.0.1/a", text="hello", status=200, fetched_at="2026-01-01T00:00:00Z",
-                          metadata={"k": [1, 2]})
+    d = Document.from_url(
+        "http://127.0.0.1/a", text="hello", status=200, fetched_at="2026-01-01T00:00:00Z", metadata={"k": [1, 2]}
+    )
     assert d.id == stable_id("http://127.0.0.1/a") and len(d.id) == 16
     assert Document.from_row(d.to_row()) == d
 
@@ -106,7 +115,10 @@ def test_clean_temp_files(tmp_path):
 
 
 def test_manifest_is_json_with_sorted_files(tmp_path):
-    write_manifest(tmp_path, [{"name": "b", "rows": 1, "bytes": 2, "sha256": "x"},
-                              {"name": "a", "rows": 1, "bytes": 2, "sha256": "y"}], config={})
+    write_manifest(
+        tmp_path,
+        [{"name": "b", "rows": 1, "bytes": 2, "sha256": "x"}, {"name": "a", "rows": 1, "bytes": 2, "sha256": "y"}],
+        config={},
+    )
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert [f["name"] for f in m["files"]] == ["a", "b"] and m["rows"] == 2

@@ -37,14 +37,22 @@ def _free_port(preferred: int) -> int:
 def _prepare(workdir: Path, fresh: bool) -> None:
     if workdir.exists() and fresh:
         if any(workdir.iterdir()) and not (workdir / "recipe.resolved.toml").is_file():
-            raise ConfigError(f"{workdir} exists and is not a corpusforge run folder; choose another --workdir",
-                              path="--workdir")
+            raise ConfigError(
+                f"{workdir} exists and is not a corpusforge run folder; choose another --workdir", path="--workdir"
+            )
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
 
-def run_demo(workdir: Path, *, pages: int = 400, train_iters: int = 200, fresh: bool = True,
-             workers: int | None = None, quiet: bool = False) -> int:
+def run_demo(
+    workdir: Path,
+    *,
+    pages: int = 400,
+    train_iters: int = 200,
+    fresh: bool = True,
+    workers: int | None = None,
+    quiet: bool = False,
+) -> int:
     from corpusforge.cli import execute
     from corpusforge.defaults import demo_recipe
     from corpusforge.demo.server import serve
@@ -59,8 +67,9 @@ def run_demo(workdir: Path, *, pages: int = 400, train_iters: int = 200, fresh: 
     with serve(site, port=port) as (base, access_log):
         spider = workdir / "demo-spider.toml"
         spider.write_text(SPIDER_TOML.format(seed=base))
-        raw = demo_recipe(seed_url=base, spider=spider, workdir=workdir, pages=pages, train_iters=train_iters,
-                          workers=workers or 2)
+        raw = demo_recipe(
+            seed_url=base, spider=spider, workdir=workdir, pages=pages, train_iters=train_iters, workers=workers or 2
+        )
         recipe = validate_recipe(raw, source="corpusforge demo")
         result = execute(recipe, quiet=quiet)
         requests_seen = len(access_log)
@@ -95,13 +104,19 @@ def summary_rows(result: Any, *, site_pages: int, requests_seen: int) -> list[tu
     tokens = _stage(result, "tokens")
     if tokens and tokens.manifest:
         m = tokens.manifest
-        rows.append(("tokens (train / val)", f"{m.get('tokens', {}).get('train', '?')} / {m.get('tokens', {}).get('val', '?')}"))
+        rows.append(
+            ("tokens (train / val)", f"{m.get('tokens', {}).get('train', '?')} / {m.get('tokens', {}).get('val', '?')}")
+        )
         rows.append(("token shards", f"{len(m.get('files', []))} file(s), dtype {m.get('dtype', '?')}"))
     train = _stage(result, "train")
     if train and train.extra:
         ex = train.extra
-        for key, label in (("train_loss", "train loss"), ("val_loss", "val loss"), ("iters", "iterations"),
-                           ("tokens_per_s", "tokens/s")):
+        for key, label in (
+            ("train_loss", "train loss"),
+            ("val_loss", "val loss"),
+            ("iters", "iterations"),
+            ("tokens_per_s", "tokens/s"),
+        ):
             if key in ex:
                 rows.append((label, _fmt(ex[key])))
         if ex.get("sample"):

@@ -105,15 +105,19 @@ def build_site(seed: int = 0) -> dict[str, Page]:
         pages[f"/mirror/{m}.html"] = Page(_wrap(f"Python: {m}", docs[m], sidebar))
     for m in ARCHIVED:
         notice = "<p>This is an archived copy of an older revision of this page.</p>"
-        pages[f"/archive/{m}-old.html"] = Page(_wrap(f"Python: {m} (archived)", notice + _perturb(docs[m], 0.01, rng), sidebar))
+        pages[f"/archive/{m}-old.html"] = Page(
+            _wrap(f"Python: {m} (archived)", notice + _perturb(docs[m], 0.01, rng), sidebar)
+        )
     # Junk.
     words = "buy cheap best python tutorial free download online course discount".split()
     for i in range(4):
         spam = " ".join(rng.choice(words) for _ in range(400))
         pages[f"/junk/offer-{i}.html"] = Page(_wrap("Best offers", f"<p>{spam}</p>", sidebar))
-    numbers = "<table>" + "".join(
-        "<tr>" + "".join(f"<td>{rng.randint(0, 99999)}</td>" for _ in range(8)) + "</tr>" for _ in range(60)
-    ) + "</table>"
+    numbers = (
+        "<table>"
+        + "".join("<tr>" + "".join(f"<td>{rng.randint(0, 99999)}</td>" for _ in range(8)) + "</tr>" for _ in range(60))
+        + "</table>"
+    )
     pages["/junk/numbers.html"] = Page(_wrap("Table", numbers, sidebar))
     pages["/junk/soon.html"] = Page(_wrap("Coming soon", "<p>Coming soon.</p>", sidebar))
     tags = sorted({m[0] for m in MODULES})
@@ -122,13 +126,16 @@ def build_site(seed: int = 0) -> dict[str, Page]:
         pages[f"/tags/{t}.html"] = Page(_wrap(f"Tag {t}", f"<p>{links}</p>", sidebar))
     pages["/tags/"] = Page(_wrap("Tags", " ".join(f'<a href="/tags/{t}.html">{t}</a>' for t in tags), sidebar))
     pages["/private/admin.html"] = Page(_wrap("Admin", "<p>Private area: must never be crawled.</p>", sidebar))
-    pages["/about.html"] = Page(_wrap("About", "<p>About this mirror. Local file link: "
-                                      '<a href="file:///etc/passwd">passwd</a>.</p>', sidebar))
+    pages["/about.html"] = Page(
+        _wrap("About", '<p>About this mirror. Local file link: <a href="file:///etc/passwd">passwd</a>.</p>', sidebar)
+    )
     index_links = "".join(f'<li><a href="/lib/{m}.html">{m}</a></li>' for m in MODULES)
     index_links += "".join(f'<li><a href="/mirror/{m}.html">mirror of {m}</a></li>' for m in MIRRORED)
     index_links += "".join(f'<li><a href="/archive/{m}-old.html">{m} (old)</a></li>' for m in ARCHIVED)
-    index_links += "".join(f'<li><a href="/junk/{p}">{p}</a></li>' for p in
-                           ["offer-0.html", "offer-1.html", "offer-2.html", "offer-3.html", "numbers.html", "soon.html"])
+    index_links += "".join(
+        f'<li><a href="/junk/{p}">{p}</a></li>'
+        for p in ["offer-0.html", "offer-1.html", "offer-2.html", "offer-3.html", "numbers.html", "soon.html"]
+    )
     index = f"<h1>Python standard library</h1><ul>{index_links}</ul>"
     pages["/"] = Page(_wrap("Python library mirror", index, sidebar))
     pages["/lib/"] = Page(_wrap("Library", index, sidebar))
