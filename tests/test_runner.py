@@ -260,3 +260,36 @@ def test_cli_plan_shows_stages(tmp_path):
     out = _cli("plan", str(recipe), "--workdir", "w", cwd=tmp_path)
     assert out.returncode == DONE, out.stderr
     assert "test_source" in out.stdout and "clean" in out.stdout and "pending" in out.stdout
+
+
+def test_write_error_fails_clearly_without_marker_or_partial_file_and_rerun_succeeds(tmp_path):
+    """A file-size limit makes writes fail with EFBIG, the way a full disk fails them."""
+    import resource
+    import signal
+
+    recipe = _recipe(tmp_path, docs=3000)
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    out = subprocess.run([sys.executable, "-m", "corpusforge.cli", "run", str(recipe), "--workdir", "w"],
+                         cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    assert out.returncode == FAILED, out.stderr
+    assert "cannot" in out.stderr and "w/test_source" in out.stderr
+    src = tmp_path / "w" / "test_source"
+    assert not (src / "manifest.json").exists()
+    for marker in (src / "completions").glob("*.json"):
+        rank = int(marker.stem)
+        assert (src / f"{rank:05d}.arrow").is_file()  # a marker only ever follows a complete shard
+    assert not list(src.glob("*.tmp"))
+    rerun = _cli("run", str(recipe), "--workdir", "w", cwd=tmp_path)
+    assert rerun.returncode == DONE, rerun.stderr
+    assert validate_folder(src) == []
+
+
+def test_unusable_workdir_fails_before_anything_runs(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    out = _cli("run", str(_recipe(tmp_path, docs=10)), "--workdir", str(blocker / "w"), cwd=tmp_path)
+    assert out.returncode == FAILED and "cannot create the work folder" in out.stderr
