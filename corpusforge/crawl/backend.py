@@ -1,0 +1,106 @@
+"""The ``Backend`` protocol: fetch one URL, nothing else.
+
+A backend does I/O only: no robots, no politeness, no redirects (it returns the 3xx response and the
+crawler decides whether to follow), no offsite rules — those live in the crawler, so every backend gets
+them. Backends enforce the two limits that only the I/O loop can: the decompressed byte cap and the total
+per-fetch deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+from corpusforge.crawl.page import FetchRequest, FetchResponse
+
+log = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    name: str
+
+    def fetch(self, request: FetchRequest) -> FetchResponse: ...
+
+    def close(self) -> None: ...
+
+
+class RequestsFetcher:
+    """Shared requests-based fetch loop (used by the requests+lxml and requests+bs4 backends).
+
+    One ``requests.Session`` per ``scheme://host:port`` so cookies and pooled connections never cross
+    hosts, schemes or ports; the crawler sends no credentials of its own.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, object] = {}
+
+    def _session(self, url: str):  # type: ignore[no-untyped-def]
+        import requests
+
+        from corpusforge.crawl.urls import host_key
+
+        key = host_key(url)
+        s = self._sessions.get(key)
+        if s is None:
+            s = requests.Session()
+            s.trust_env = False  # no proxies or .netrc credentials from the environment
+            self._sessions[key] = s
+        return s
+
+    def fetch(self, request: FetchRequest) -> FetchResponse:
+        import requests
+
+        t0 = time.monotonic()
+        deadline = t0 + request.timeout_s
+        session = self._session(request.url)
+        try:
+            r = session.get(
+                request.url,
+                headers=request.headers,
+                allow_redirects=False,
+                stream=True,
+                timeout=(min(10.0, request.timeout_s), min(10.0, request.timeout_s)),
+            )
+        except requests.exceptions.Timeout:
+            return FetchResponse(request.url, request.url, 0, {}, b"", error="timeout", elapsed_s=time.monotonic() - t0)
+        except requests.exceptions.RequestException as exc:
+            log.debug("fetch %s failed: %s", request.url, exc)
+            return FetchResponse(
+                request.url, request.url, 0, {}, b"", error="connection_error", elapsed_s=time.monotonic() - t0
+            )
+        headers = {k.lower(): v for k, v in r.headers.items()}
+        chunks: list[bytes] = []
+        size = 0
+        error = None
+        try:
+            # decode_content=True: the cap applies to the decompressed bytes (gzip/deflate/brotli bombs).
+            for chunk in r.raw.stream(64 * 1024, decode_content=True):
+                size += len(chunk)
+                if size > request.max_bytes:
+                    error = "too_large"
+                    break
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    error = "timeout"
+                    break
+        except requests.exceptions.RequestException:
+            error = "data_loss"
+        except Exception as exc:  # urllib3 ProtocolError, DecodeError, IncompleteRead, socket timeouts
+            error = "timeout" if "timed out" in str(exc).lower() else "data_loss"
+        finally:
+            r.close()
+        return FetchResponse(
+            request.url,
+            request.url,
+            r.status_code,
+            headers,
+            b"".join(chunks),
+            error=error,
+            elapsed_s=time.monotonic() - t0,
+        )
+
+    def close(self) -> None:
+        for s in self._sessions.values():
+            s.close()  # type: ignore[attr-defined]
+        self._sessions.clear()

@@ -1,0 +1,12 @@
+"""``requests+lxml``: fetch with requests; the crawler parses links with lxml."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from corpusforge.crawl.backend import RequestsFetcher
+
+
+class RequestsLxmlBackend(RequestsFetcher):
+    name: ClassVar[str] = "requests+lxml"
+    parser: ClassVar[str] = "lxml"

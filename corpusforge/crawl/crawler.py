@@ -1,0 +1,436 @@
+"""The crawl loop: every rule that keeps a crawl polite and safe, applied before any backend fetch.
+
+Order for each URL: scheme → offsite → trap limits → robots.txt (RFC 9309) → Crawl-delay cap → per-host
+delay → fetch (through the backend: byte cap + deadline) → redirects (each hop re-checked) → status handling
+(Retry-After on 429/503, exponential backoff, a retry budget) → content type → charset → opt-outs
+(``X-Robots-Tag`` / meta robots ``noai``, ``noindex``) → store → links.
+
+Per-host concurrency is 1: the loop fetches one page at a time and waits for each host's next slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+from corpusforge.crawl.frontier import Frontier
+from corpusforge.crawl.page import FetchRequest, FetchResponse
+from corpusforge.crawl.robots import RobotsCache
+from corpusforge.crawl.spider import SavedPage, Spider
+from corpusforge.crawl.urls import canonicalize, domain_allowed, host_key, scheme_ok, trap_reason
+from corpusforge.document import Document, stable_id, utc_now_iso
+from corpusforge.stage import StageContext
+from corpusforge.stats import StepStats
+from corpusforge.storage import ShardWriter
+
+log = logging.getLogger(__name__)
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+KEPT_HEADERS = ("content-type", "content-language", "last-modified", "etag", "x-robots-tag")
+
+
+@dataclass
+class CrawlSettings:
+    user_agent: str
+    agent_token: str
+    min_delay_s: float
+    max_crawl_delay_s: float
+    max_bytes: int
+    timeout_s: float
+    max_redirects: int
+    max_retries: int
+    backoff_s: float
+    max_retry_after_s: float
+    max_url_length: int
+    max_repeated_segments: int
+    segment_pages: int
+    max_pages: int | None
+    honour_noai: bool = True
+
+
+@dataclass
+class _Item:
+    url: str
+    depth: int
+    tries: int = 0
+
+
+@dataclass
+class CrawlOutcome:
+    partial: bool
+    files: list[dict[str, Any]]
+    stats: StepStats
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def decode_html(body: bytes, content_type: str) -> str:
+    """Decode with the header charset, else a meta charset, else detection (charset-normalizer)."""
+    import re
+
+    charset = None
+    m = re.search(r"charset=([\w-]+)", content_type or "", re.I)
+    if m:
+        charset = m.group(1)
+    if charset is None:
+        m2 = re.search(rb"<meta[^>]+charset=[\"']?([\w-]+)", body[:4096], re.I)
+        if m2:
+            charset = m2.group(1).decode("ascii", "replace")
+    if charset:
+        try:
+            return body.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            pass
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(body).best()
+        return str(best) if best is not None else body.decode("utf-8", errors="replace")
+
+
+def _optouts(headers: dict[str, str], html: str) -> list[str]:
+    import re
+
+    flags = set()
+    xrt = headers.get("x-robots-tag", "").lower()
+    for token in ("noai", "noimageai", "noindex"):
+        if token in xrt:
+            flags.add(token)
+    for m in re.finditer(r"<meta[^>]+name=[\"']?robots[\"']?[^>]*>", html[:20000], re.I):
+        tag = m.group(0).lower()
+        for token in ("noai", "noindex"):
+            if token in tag:
+                flags.add(token)
+    return sorted(flags)
+
+
+class Crawler:
+    def __init__(
+        self,
+        spider: Spider,
+        backend: Any,
+        settings: CrawlSettings,
+        ctx: StageContext,
+        *,
+        seeds: list[str] | None = None,
+        backend_name: str = "",
+    ) -> None:
+        self.spider = spider
+        self.backend = backend
+        self.s = settings
+        self.ctx = ctx
+        self.seeds = seeds or spider.seeds
+        self.backend_name = backend_name or getattr(backend, "name", "?")
+        self.frontier = Frontier(ctx.out_dir / "state")
+        self.robots = RobotsCache(
+            backend,
+            agent_token=settings.agent_token,
+            user_agent=settings.user_agent,
+            timeout_s=min(10.0, settings.timeout_s),
+        )
+        self.host_next: dict[str, float] = {}
+        self.host_skip: dict[str, str] = {}
+        # Pending (not yet committed) state of the current segment.
+        self.pending_done: list[tuple[str, str | None]] = []
+        self.pending_new: list[tuple[str, int]] = []
+        self.pending_counts: dict[str, Counter[str]] = {"drop": Counter(), "count": Counter()}
+        self.seen: set[str] = set()
+        self.queue: deque[_Item] = deque()
+        self.segment_no = 0
+        self.writer: ShardWriter | None = None
+        self.in_segment = 0
+
+    # ------------------------------------------------------------------ state
+    def _recover(self) -> None:
+        """Drop segment files no transaction recorded (a crash between rename and commit)."""
+        recorded = {s["name"] for s in self.frontier.segments()}
+        for p in self.ctx.out_dir.glob("seg-*.arrow*"):
+            if p.name not in recorded:
+                log.info("removing uncommitted segment %s", p.name)
+                p.unlink()
+        self.segment_no = len(recorded)
+        for (url,) in self.frontier.db.execute("SELECT url FROM urls"):
+            self.seen.add(url)
+        for url, depth in self.frontier.queued(10**9):
+            self.queue.append(_Item(url, depth))
+
+    def _drop(self, url: str, reason: str) -> None:
+        self.pending_done.append((url, reason))
+        self.pending_counts["drop"][reason] += 1
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.pending_counts["count"][key] += n
+
+    def _commit(self) -> None:
+        segment = None
+        if self.writer is not None:
+            files = self.writer.close()
+            segment = files[0] if files else None
+            self.writer = None
+            self.segment_no += 1
+        self.frontier.commit(
+            segment=segment, done=self.pending_done, new=self.pending_new, counters=self.pending_counts
+        )
+        self.pending_done, self.pending_new = [], []
+        self.pending_counts = {"drop": Counter(), "count": Counter()}
+        self.in_segment = 0
+
+    def _stored_total(self) -> int:
+        return self.frontier.counters("count")["stored"] + self.pending_counts["count"]["stored"]
+
+    # ------------------------------------------------------------------ link admission
+    def _admit(self, url: str, depth: int) -> None:
+        """Queue a discovered URL, or count why not. Already-seen URLs are not counted again."""
+        if not scheme_ok(url):
+            key = url.split(":", 1)[0].lower()[:10]
+            if key in ("mailto", "javascript", "tel"):
+                return  # not a page: not a URL we consider at all
+            canon = url[:2048]
+            if canon in self.seen:
+                return
+            self.seen.add(canon)
+            self._drop(canon, "scheme_refused")
+            return
+        canon = canonicalize(url)
+        if canon in self.seen:
+            return
+        self.seen.add(canon)
+        if not domain_allowed(canon, self.spider.allowed_domains):
+            self._drop(canon, "offsite")
+            return
+        reason = trap_reason(
+            canon, max_url_length=self.s.max_url_length, max_repeated_segments=self.s.max_repeated_segments
+        )
+        if reason:
+            self._drop(canon, reason)
+            return
+        if depth > self.spider.max_depth:
+            self._drop(canon, "trap_depth")
+            return
+        if depth > 0 and not self.spider.follow(canon):
+            self._drop(canon, "excluded_by_spider")
+            return
+        self.pending_new.append((canon, depth))
+        self.queue.append(_Item(canon, depth))
+
+    # ------------------------------------------------------------------ fetching
+    def _wait_for(self, host: str) -> bool:
+        """Sleep until the host's next slot; False if a stop was requested meanwhile."""
+        while True:
+            wait = self.host_next.get(host, 0.0) - time.monotonic()
+            if wait <= 0:
+                return True
+            if self.ctx.stop_requested():
+                return False
+            time.sleep(min(wait, 0.25))
+
+    def _host_delay(self, host: str) -> float | None:
+        """Seconds between request starts to ``host``; None when its Crawl-delay is above the cap."""
+        rules = self.robots.rules(host)
+        delay = max(self.s.min_delay_s, self.spider.min_delay_s)
+        if rules.crawl_delay_s is not None:
+            if rules.crawl_delay_s > self.s.max_crawl_delay_s:
+                return None
+            delay = max(delay, float(rules.crawl_delay_s))
+        return delay
+
+    def _fetch(self, url: str, host: str, delay: float) -> FetchResponse:
+        headers = {"User-Agent": self.s.user_agent, "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"}
+        self.host_next[host] = time.monotonic() + delay
+        resp = self.backend.fetch(
+            FetchRequest(
+                url,
+                headers=headers,
+                max_bytes=self.s.max_bytes,
+                timeout_s=self.s.timeout_s,
+                max_redirects=self.s.max_redirects,
+            )
+        )
+        # The delay counts between request starts; a slow response does not shorten it.
+        self._count("requests")
+        self._count("bytes", len(resp.body))
+        if resp.status:
+            self._count(f"status_{resp.status}")
+        return resp
+
+    def _process(self, item: _Item) -> None:
+        url = item.url
+        hops = 0
+        while True:
+            host = host_key(url)
+            if host in self.host_skip:
+                self._drop(item.url, self.host_skip[host])
+                return
+            rules = self.robots.rules(host)
+            if not rules.allowed(url, self.s.agent_token):
+                self._drop(item.url, "robots_disallowed" if rules.status == "ok" else "robots_unavailable")
+                self._count("robots_skips")
+                return
+            delay = self._host_delay(host)
+            if delay is None:
+                self.host_skip[host] = "crawl_delay_too_long"
+                log.warning(
+                    "%s asks for a Crawl-delay above the cap of %.0f s: host skipped", host, self.s.max_crawl_delay_s
+                )
+                self._drop(item.url, "crawl_delay_too_long")
+                return
+            if not self._wait_for(host):
+                self.queue.appendleft(item)  # stop requested: still queued in the frontier
+                return
+            resp = self._fetch(url, host, delay)
+            if resp.error in ("timeout", "data_loss", "connection_error") or resp.status in (429, 500, 502, 503, 504):
+                retry_after = _retry_after_s(resp.headers.get("retry-after")) if resp.status in (429, 503) else None
+                if retry_after is not None and retry_after > self.s.max_retry_after_s:
+                    self._drop(item.url, "retry_after_too_long")
+                    return
+                if item.tries >= self.s.max_retries:
+                    self._drop(item.url, resp.error or f"http_{resp.status}")
+                    return
+                backoff = self.s.backoff_s * (2**item.tries)
+                self.host_next[host] = time.monotonic() + max(retry_after or 0.0, backoff, delay)
+                self._count("retries")
+                self.queue.append(_Item(item.url, item.depth, item.tries + 1))
+                return
+            if resp.error:
+                self._drop(item.url, resp.error)
+                return
+            if resp.status in (301, 302, 303, 307, 308):
+                location = resp.headers.get("location")
+                hops += 1
+                if not location or hops > self.s.max_redirects:
+                    self._drop(item.url, "redirect_loop" if location else "redirect_without_location")
+                    return
+                target = urljoin(url, location)
+                if not scheme_ok(target):
+                    self._drop(item.url, "scheme_refused")
+                    return
+                target = canonicalize(target)
+                if not domain_allowed(target, self.spider.allowed_domains):
+                    self._drop(item.url, "offsite_redirect")
+                    return
+                if target != item.url and target in self.seen:
+                    self._drop(item.url, "redirect_to_seen")
+                    return
+                if target != item.url:
+                    self.seen.add(target)
+                    self.pending_done.append((target, "redirect_target"))
+                url = target
+                continue
+            if resp.status != 200:
+                self._drop(item.url, f"http_{resp.status}")
+                return
+            ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype and ctype not in HTML_TYPES:
+                self._drop(item.url, "content_type")
+                return
+            html = (
+                resp.rendered_html
+                if resp.rendered_html is not None
+                else decode_html(resp.body, resp.headers.get("content-type", ""))
+            )
+            flags = _optouts(resp.headers, html)
+            if self.s.honour_noai and ("noai" in flags or "noindex" in flags):
+                self._drop(item.url, "optout_noai" if "noai" in flags else "optout_noindex")
+                return
+            self._store(item, url, resp, html, flags)
+            if item.depth < self.spider.max_depth + 1:
+                for link in self.spider.parse(SavedPage(url=url, html=html)):
+                    self._admit(link, item.depth + 1)
+            return
+
+    def _store(self, item: _Item, final_url: str, resp: FetchResponse, html: str, flags: list[str]) -> None:
+        if self.writer is None:
+            self.writer = ShardWriter(self.ctx.out_dir, f"seg-{self.segment_no:05d}", max_bytes=1 << 40)
+        headers = {k: v for k, v in resp.headers.items() if k in KEPT_HEADERS}
+        meta: dict[str, Any] = {"headers": headers, "depth": item.depth}
+        if self.spider.selectors:
+            meta["selectors"] = self.spider.selectors
+        doc = Document(
+            id=stable_id(item.url),
+            url=item.url,
+            final_url=final_url,
+            status=resp.status,
+            fetched_at=utc_now_iso(),
+            backend=self.backend_name,
+            robots=";".join(["allowed", *flags]),
+            html=html,
+            source=self.spider.name,
+            metadata=meta,
+        )
+        self.writer.write(doc)
+        self.pending_done.append((item.url, None))
+        self._count("stored")
+        self.in_segment += 1
+        self.ctx.fault_at(self._stored_total())
+        if self.in_segment >= self.s.segment_pages:
+            self._commit()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> CrawlOutcome:
+        self._recover()
+        if self.frontier.is_empty():
+            for seed in self.seeds:
+                self._admit(seed, 0)
+            self._commit()
+        partial = False
+        t0 = time.time()
+        try:
+            while self.queue:
+                if self.ctx.stop_requested():
+                    partial = True
+                    break
+                if self.ctx.max_pages is not None and self._stored_total() >= self.ctx.max_pages:
+                    partial = True
+                    break
+                if self.s.max_pages is not None and self._stored_total() >= self.s.max_pages:
+                    self._count("stopped_at_max_pages")
+                    break
+                self._process(self.queue.popleft())
+            self._commit()
+        finally:
+            if self.writer is not None:
+                self.writer.abort()
+            self.frontier.close()
+            self.backend.close()
+        frontier = Frontier(self.ctx.out_dir / "state")
+        try:
+            drops, counts, files = frontier.counters("drop"), frontier.counters("count"), frontier.segments()
+        finally:
+            frontier.close()
+        stats = StepStats(
+            "crawl",
+            input=counts["stored"] + sum(drops.values()),
+            output=counts["stored"],
+            dropped=drops,
+            counters=counts,
+        )
+        extra = {
+            "pages_fetched": counts["stored"],
+            "requests": counts["requests"],
+            "robots_skips": counts["robots_skips"],
+            "crawl_seconds": round(time.time() - t0, 2),
+        }
+        return CrawlOutcome(partial=partial, files=files, stats=stats, extra=extra)
+
+
+def state_dir(out_dir: Path) -> Path:
+    return out_dir / "state"

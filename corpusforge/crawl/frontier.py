@@ -1,0 +1,108 @@
+"""A durable frontier in SQLite (``<crawl>/state/frontier.sqlite``, WAL mode).
+
+Pages are stored in segment files; a segment's file is renamed into place *before* the transaction that
+records it and marks its URLs done (and queues the links found on them) commits. After ``kill -9``:
+- a segment file that no transaction recorded is deleted and its URLs, still queued, are fetched again;
+- a recorded segment is complete, so every reachable URL ends up exactly once in the output.
+Counters (stored pages, drops by reason, status codes, bytes) are kept in the same transactions.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS urls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    url TEXT UNIQUE NOT NULL,
+    depth INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',   -- queued | done
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS urls_state ON urls(state, id);
+CREATE TABLE IF NOT EXISTS segments (name TEXT PRIMARY KEY, rows INTEGER, bytes INTEGER, sha256 TEXT);
+CREATE TABLE IF NOT EXISTS counters (kind TEXT, key TEXT, value INTEGER, PRIMARY KEY (kind, key));
+CREATE TABLE IF NOT EXISTS validators (url TEXT PRIMARY KEY, etag TEXT, last_modified TEXT, id TEXT);
+"""
+
+
+class Frontier:
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(state_dir / "frontier.sqlite", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- reading
+    def segments(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT name, rows, bytes, sha256 FROM segments ORDER BY name").fetchall()
+        return [{"name": n, "rows": r, "bytes": b, "sha256": s} for n, r, b, s in rows]
+
+    def seen(self, url: str) -> bool:
+        return self.db.execute("SELECT 1 FROM urls WHERE url = ?", (url,)).fetchone() is not None
+
+    def queued(self, limit: int = 1000) -> list[tuple[str, int]]:
+        return self.db.execute(
+            "SELECT url, depth FROM urls WHERE state = 'queued' ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
+
+    def counters(self, kind: str) -> Counter[str]:
+        return Counter(dict(self.db.execute("SELECT key, value FROM counters WHERE kind = ?", (kind,)).fetchall()))
+
+    def validators(self, url: str) -> tuple[str | None, str | None, str | None]:
+        row = self.db.execute("SELECT etag, last_modified, id FROM validators WHERE url = ?", (url,)).fetchone()
+        return (row[0], row[1], row[2]) if row else (None, None, None)
+
+    def is_empty(self) -> bool:
+        return self.db.execute("SELECT COUNT(*) FROM urls").fetchone()[0] == 0
+
+    # -- writing (one transaction per segment)
+    def commit(
+        self,
+        *,
+        segment: dict[str, Any] | None,
+        done: Iterable[tuple[str, str | None]],
+        new: Iterable[tuple[str, int]],
+        counters: dict[str, Counter[str]],
+        validators: Iterable[tuple[str, str | None, str | None, str]] = (),
+    ) -> None:
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            if segment is not None:
+                cur.execute(
+                    "INSERT INTO segments VALUES (?, ?, ?, ?)",
+                    (segment["name"], segment["rows"], segment["bytes"], segment["sha256"]),
+                )
+            cur.executemany("INSERT OR IGNORE INTO urls (url, depth) VALUES (?, ?)", list(new))
+            for url, reason in done:
+                cur.execute("INSERT OR IGNORE INTO urls (url, depth) VALUES (?, 0)", (url,))
+                cur.execute("UPDATE urls SET state = 'done', reason = ? WHERE url = ?", (reason, url))
+            for kind, c in counters.items():
+                for key, v in c.items():
+                    cur.execute(
+                        "INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT(kind, key) DO UPDATE SET value = value + ?",
+                        (kind, key, v, v),
+                    )
+            cur.executemany("INSERT OR REPLACE INTO validators VALUES (?, ?, ?, ?)", list(validators))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def reset_for_recrawl(self) -> int:
+        """Queue every done page again (a scheduled re-crawl); returns how many."""
+        n = self.db.execute("UPDATE urls SET state = 'queued', reason = NULL WHERE reason IS NULL").rowcount
+        return int(n)
+
+    def dump(self) -> str:
+        return json.dumps({"segments": self.segments(), "queued": len(self.queued(10**9))})

@@ -1,0 +1,90 @@
+"""robots.txt per RFC 9309, cached per ``scheme://host:port``.
+
+- 2xx: parsed (size-capped at ``max_bytes``, RFC 9309 asks parsers to handle at least 500 KiB);
+- 4xx (including 404): everything allowed;
+- 5xx, unreachable, timeout, too large to be trusted: everything disallowed ("complete disallow");
+- redirects are followed up to 5 hops (RFC 9309 §2.3.1.2), on the same or another host.
+
+Also records ``Crawl-delay`` for our token and whether our AI-training token is disallowed (``noai``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+from corpusforge.crawl.page import FetchRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RobotsRules:
+    status: str  # "ok", "missing" (4xx), "unavailable" (5xx/unreachable → disallow all)
+    parser: object | None = None
+    crawl_delay_s: float | None = None
+
+    def allowed(self, url: str, agent: str) -> bool:
+        if self.status == "missing":
+            return True
+        if self.status != "ok" or self.parser is None:
+            return False
+        return bool(self.parser.can_fetch(url, agent))  # type: ignore[attr-defined]
+
+
+class RobotsCache:
+    def __init__(
+        self,
+        backend: object,
+        *,
+        agent_token: str,
+        user_agent: str,
+        max_bytes: int = 512 * 1024,
+        timeout_s: float = 10.0,
+        max_redirects: int = 5,
+    ) -> None:
+        self.backend = backend
+        self.agent_token = agent_token
+        self.user_agent = user_agent
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.max_redirects = max_redirects
+        self._cache: dict[str, RobotsRules] = {}
+
+    def rules(self, host: str) -> RobotsRules:
+        """Rules for ``scheme://host:port`` (fetched once per crawl)."""
+        if host not in self._cache:
+            self._cache[host] = self._fetch(host)
+        return self._cache[host]
+
+    def _fetch(self, host: str) -> RobotsRules:
+        import protego
+
+        url = f"{host}/robots.txt"
+        for _ in range(self.max_redirects + 1):
+            resp = self.backend.fetch(  # type: ignore[attr-defined]
+                FetchRequest(
+                    url, headers={"User-Agent": self.user_agent}, max_bytes=self.max_bytes + 1, timeout_s=self.timeout_s
+                )
+            )
+            if resp.error == "too_large":
+                # Parse what fits under the cap, as RFC 9309 allows.
+                resp.error = None
+                resp.body = resp.body[: self.max_bytes]
+            if resp.error:
+                log.info("robots.txt for %s unavailable (%s): host disallowed", host, resp.error)
+                return RobotsRules("unavailable")
+            if resp.status in (301, 302, 303, 307, 308) and "location" in resp.headers:
+                url = urljoin(url, resp.headers["location"])
+                if not url.startswith(("http://", "https://")):
+                    return RobotsRules("unavailable")
+                continue
+            if 200 <= resp.status < 300:
+                text = resp.body.decode("utf-8", errors="replace")
+                parser = protego.Protego.parse(text)
+                return RobotsRules("ok", parser, parser.crawl_delay(self.agent_token))
+            if 400 <= resp.status < 500:
+                return RobotsRules("missing")
+            return RobotsRules("unavailable")
+        return RobotsRules("unavailable")
