@@ -2,7 +2,7 @@
 
 ``Step.run(docs, rank, world_size)`` is a generator. ``Filter.reject(doc)`` returns a named drop reason or
 None; ``Mapper.map(doc)`` returns the new document or None (dropped with ``map_failed`` unless the mapper
-calls ``self.stats.drop`` with its own reason first). The base classes do the counting, so every step reports
+calls ``self._reject(doc, reason)`` with its own reason first). The base classes do the counting, so every step reports
 input, output and dropped-by-reason, and a filter can keep its rejects in ``rejected/`` with the reason.
 
 A plain function ``f(docs, rank, world_size) -> docs`` can be a step too: ``FunctionStep`` wraps it and
@@ -80,8 +80,6 @@ class Mapper(Step):
             if out is None:
                 if sum(self.stats.dropped.values()) == before:  # the mapper gave no reason of its own
                     self._reject(doc, "map_failed")
-                elif self.on_reject is not None:
-                    self.on_reject(doc, f"{self.name}:{next(reversed(self.stats.dropped))}")
                 continue
             self.stats.output += 1
             yield out

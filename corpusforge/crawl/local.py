@@ -63,7 +63,7 @@ class _LocalStage(Stage):
             for i, f in enumerate(self.files()):
                 if i % self.tasks != rank:
                     continue
-                for n, doc in enumerate(self.records(f, stats), start=1):
+                for doc in self.records(f, stats):
                     w.write(doc)
                     stats.output += 1
                     ctx.fault_at(stats.output)
