@@ -134,7 +134,7 @@ def stages_table(result: Any) -> Table:
         dropped: dict[str, int] = {}
         for s in steps:
             for k, v in s["dropped"].items():
-                dropped[f"{s['name']}:{k}"] = dropped.get(f"{s['name']}:{k}", 0) + v
+                dropped[k] = dropped.get(k, 0) + v
         files = len((o.manifest or {}).get("files", [])) if o.manifest else 0
         t.add_row(
             o.name,

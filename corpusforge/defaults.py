@@ -33,10 +33,13 @@ def clean_stages(*, near_dedup: bool = True, tasks: int = 2, min_words: int = 50
     return stages
 
 
-def token_stages(*, vocab_size: int = 8192, algorithm: str = "bpe", val_fraction: float = 0.05) -> list[dict[str, Any]]:
+def token_stages(
+    *, corpus: str, vocab_size: int = 8192, algorithm: str = "bpe", val_fraction: float = 0.05
+) -> list[dict[str, Any]]:
+    """Tokenizer trained on ``corpus`` (a stage name), then token shards of the same documents."""
     return [
-        {"kind": "tokenizer", "name": "tokenizer", "algorithm": algorithm, "vocab_size": vocab_size},
-        {"kind": "tokens", "name": "tokens", "tokenizer": "tokenizer", "val_fraction": val_fraction},
+        {"kind": "tokenizer", "name": "tokenizer", "input": corpus, "algorithm": algorithm, "vocab_size": vocab_size},
+        {"kind": "tokens", "name": "tokens", "input": corpus, "tokenizer": "tokenizer", "val_fraction": val_fraction},
     ]
 
 
@@ -98,7 +101,7 @@ def demo_recipe(
                 "max_pages": pages,
             },
             *clean_stages(near_dedup=True, min_words=50),
-            *token_stages(vocab_size=2048, val_fraction=0.05),
+            *token_stages(corpus="near_dedup", vocab_size=2048, val_fraction=0.05),
             {
                 "kind": "train",
                 "name": "train",

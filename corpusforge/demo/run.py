@@ -90,7 +90,7 @@ def summary_rows(result: Any, *, site_pages: int, requests_seen: int) -> list[tu
         rows.append(("pages fetched and stored", str(s["output"])))
         rows.append(("crawl: URLs not stored", ", ".join(f"{k} {v}" for k, v in sorted(s["dropped"].items())) or "-"))
     for o in result.stages:
-        if o.kind in ("process", "exact_dedup", "minhash_dedup") and o.steps:
+        if o.kind in ("process", "exact_dedup", "minhash_dedup") and o.steps and "." not in o.name:
             n_in, n_out = o.steps[0]["input"], o.steps[-1]["output"]
             why: dict[str, int] = {}
             for s in o.steps:

@@ -1,0 +1,1 @@
+"""The bundled GPT trainer (needs the ``train`` extra: torch, safetensors)."""

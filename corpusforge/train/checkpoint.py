@@ -1,0 +1,142 @@
+"""Checkpoints without pickles: safetensors for tensors, JSON for everything else, written atomically.
+
+``checkpoints/step-000500/`` holds ``model.safetensors`` (weights), ``optim.safetensors`` (AdamW moments and
+the torch RNG state as a uint8 tensor) and ``state.json`` (step, configs, data cursor, scheduler position,
+sha256 of the two tensor files). A checkpoint is built in ``step-000500.tmp/`` and renamed into place, so a
+kill during the save leaves the previous checkpoint intact and the partial one is ignored (and removed).
+Loading verifies the sha256 sums; a corrupt or unreadable checkpoint is reported and the previous one is
+used. Only the newest ``keep`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from corpusforge.storage import atomic_write_json, fsync_dir, sha256_file
+
+log = logging.getLogger(__name__)
+
+PREFIX = "step-"
+
+
+@dataclass
+class Loaded:
+    path: Path
+    state: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    optim: dict[str, torch.Tensor]
+
+
+def _optim_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("rng."):
+            continue
+        pid, _, name = key.partition(".")
+        state.setdefault(int(pid), {})[name] = v
+    for key, v in meta["scalars"].items():
+        pid, _, name = key.partition(".")
+        state.setdefault(int(pid), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save(
+    folder: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    *,
+    keep: int = 3,
+) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{PREFIX}{step:07d}"
+    tmp = folder / f"{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(weights, str(tmp / "model.safetensors"))
+    otensors, ometa = _optim_tensors(optimizer)
+    otensors["rng.torch"] = torch.get_rng_state()
+    save_file(otensors, str(tmp / "optim.safetensors"))
+    for name in ("model.safetensors", "optim.safetensors"):
+        with open(tmp / name, "rb") as fh:
+            os.fsync(fh.fileno())
+    full = dict(state) | {
+        "step": step,
+        "optimizer": ometa,
+        "sha256": {n: sha256_file(tmp / n) for n in ("model.safetensors", "optim.safetensors")},
+    }
+    atomic_write_json(tmp / "state.json", full)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(folder)
+    for old in list_checkpoints(folder)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints, newest first (``*.tmp`` folders of interrupted saves are ignored)."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and not p.name.endswith(".tmp")),
+        key=lambda p: p.name,
+        reverse=True,
+    )
+
+
+def load_one(path: Path) -> Loaded:
+    """Load and verify one checkpoint; raises ValueError when it is corrupt."""
+    from safetensors.torch import load_file
+
+    try:
+        state = json.loads((path / "state.json").read_text())
+        for name, digest in state["sha256"].items():
+            if sha256_file(path / name) != digest:
+                raise ValueError(f"{path / name}: sha256 mismatch (corrupt)")
+        model = load_file(str(path / "model.safetensors"))
+        optim = load_file(str(path / "optim.safetensors"))
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable checkpoint ({exc})") from exc
+    except Exception as exc:  # safetensors raises its own error types on a bad header
+        raise ValueError(f"{path}: unreadable checkpoint ({exc})") from exc
+    return Loaded(path, state, model, optim)
+
+
+def load_latest(folder: Path) -> Loaded | None:
+    """The newest checkpoint that loads and verifies; corrupt ones are reported and skipped."""
+    for tmp in folder.glob(f"{PREFIX}*.tmp") if folder.is_dir() else []:
+        shutil.rmtree(tmp, ignore_errors=True)  # an interrupted save
+    for path in list_checkpoints(folder):
+        try:
+            return load_one(path)
+        except ValueError as exc:
+            log.error("%s; falling back to the previous checkpoint", exc)
+            print(f"warning: {exc}; falling back to the previous checkpoint")
+    return None

@@ -1,0 +1,97 @@
+"""``corpusforge train``, ``sample`` and ``export``: thin commands over the trainer (torch imported lazily)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DONE, FAILED, BAD_CONFIG, PARTIAL, DIVERGED = 0, 1, 2, 4, 5
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def train(
+        tokens: Annotated[Path, typer.Argument(help="A tokens folder (runs/x/tokens) with manifest.json")],
+        out: Annotated[Path, typer.Option("--out", help="Output folder: checkpoints, metrics.jsonl, loss.png")],
+        config: Annotated[Path | None, typer.Option("--config", help="A TOML file of training parameters")] = None,
+        set_: Annotated[list[str] | None, typer.Option("--set", help="Override a parameter: key=value")] = None,
+        max_iters: Annotated[int | None, typer.Option(min=1)] = None,
+        force: Annotated[bool, typer.Option("--force", help="Resume even though the training data changed")] = False,
+    ) -> None:
+        """Train the bundled GPT on token shards; resumes from the newest good checkpoint in --out."""
+        import tomllib
+
+        from corpusforge.cli import guarded
+        from corpusforge.errors import ConfigError, require
+        from corpusforge.recipe import _parse_value, validate_kwargs
+        from corpusforge.runner import stop_on_signals
+        from corpusforge.stage import STOP
+        from corpusforge.train.stage import TrainStage
+
+        def go() -> int:
+            require("torch", "train")
+            params: dict = {}
+            if config is not None:
+                if not config.is_file():
+                    raise ConfigError("file not found", file=str(config))
+                params.update(tomllib.loads(config.read_text()))
+            for item in set_ or []:
+                if "=" not in item:
+                    raise ConfigError(f"--set expects key=value, got {item!r}", path="--set")
+                k, _, v = item.partition("=")
+                params[k.strip()] = _parse_value(v)
+            if max_iters is not None:
+                params["max_iters"] = max_iters
+            params = validate_kwargs(TrainStage, params, "")
+            if not (tokens / "manifest.json").is_file():
+                raise ConfigError(f"{tokens} has no manifest.json: point it at a finished tokens stage", path="TOKENS")
+            from corpusforge.train.train import TrainConfig
+            from corpusforge.train.train import train as run_train
+
+            with stop_on_signals():
+                res = run_train(TrainConfig(**params), tokens, out, force=force, should_stop=STOP.is_set)
+            if res.val_losses:
+                typer.echo(
+                    f"val loss {res.val_losses[-1][1]:.4f} at iteration {res.val_losses[-1][0]}; "
+                    f"{res.tokens_per_s:,.0f} tokens/s; checkpoints in {out / 'checkpoints'}"
+                )
+            if res.sample:
+                typer.echo(f"sample: {res.sample[:300]!r}")
+            return PARTIAL if res.partial else DONE
+
+        raise typer.Exit(guarded(go))
+
+    @app.command()
+    def sample(
+        out: Annotated[Path, typer.Argument(help="A training output folder (with checkpoints/)")],
+        prompt: Annotated[str, typer.Option(help="Text to continue")] = "",
+        max_new_tokens: Annotated[int, typer.Option(min=1)] = 200,
+        temperature: Annotated[float, typer.Option(min=0.0)] = 0.8,
+        top_k: Annotated[int, typer.Option(min=1)] = 50,
+        seed: int = 0,
+    ) -> None:
+        """Generate text from the newest good checkpoint."""
+        from corpusforge.cli import guarded
+        from corpusforge.errors import ConfigError
+
+        def go() -> int:
+            from corpusforge.train import checkpoint as ckpt
+            from corpusforge.train.model import GPT, GPTConfig
+            from corpusforge.train.train import sample_text
+
+            loaded = ckpt.load_latest(out / "checkpoints")
+            if loaded is None:
+                raise ConfigError(f"no loadable checkpoint in {out / 'checkpoints'}", path="CKPT")
+            model = GPT(GPTConfig(**loaded.state["model"]))
+            model.load_state_dict(loaded.model, strict=False)
+            tokens_dir = Path(loaded.state["tokens_dir"])
+            typer.echo(
+                sample_text(
+                    model, tokens_dir, max_new_tokens, prompt=prompt, temperature=temperature, top_k=top_k, seed=seed
+                )
+            )
+            return DONE
+
+        raise typer.Exit(guarded(go))
