@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 
-def clean_stages(*, near_dedup: bool = True, tasks: int = 2, min_words: int = 50) -> list[dict[str, Any]]:
+def clean_stages(*, near_dedup: bool = True, tasks: int = 2, min_words: int = 50,
+                 extractor: str = "trafilatura") -> list[dict[str, Any]]:
     """extract → normalize → quality filters → exact dedup (→ MinHash near-dedup)."""
     stages: list[dict[str, Any]] = [
         {
@@ -19,7 +20,7 @@ def clean_stages(*, near_dedup: bool = True, tasks: int = 2, min_words: int = 50
             "tasks": tasks,
             "keep_rejected": True,
             "steps": [
-                {"type": "extract"},
+                {"type": "extract", "extractor": extractor},
                 {"type": "normalize"},
                 {"type": "length", "min_words": min_words},
                 {"type": "gopher_repetition"},
@@ -100,7 +101,9 @@ def demo_recipe(
                 "min_delay_s": 0.0,
                 "max_pages": pages,
             },
-            *clean_stages(near_dedup=True, min_words=50),
+            # The demo pages keep their content in <main> and pydoc lays it out in tables, which trafilatura
+            # renders as pipe-separated rows; the lxml extractor reads <main> as paragraphs.
+            *clean_stages(near_dedup=True, min_words=50, extractor="lxml"),
             *token_stages(corpus="near_dedup", vocab_size=2048, val_fraction=0.05),
             {
                 "kind": "train",
