@@ -273,8 +273,15 @@ def test_write_error_fails_clearly_without_marker_or_partial_file_and_rerun_succ
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
 
-    out = subprocess.run([sys.executable, "-m", "corpusforge.cli", "run", str(recipe), "--workdir", "w"],
-                         cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    out = subprocess.run(
+        [sys.executable, "-m", "corpusforge.cli", "run", str(recipe), "--workdir", "w"],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+    )
     assert out.returncode == FAILED, out.stderr
     assert "cannot" in out.stderr and "w/test_source" in out.stderr
     src = tmp_path / "w" / "test_source"

@@ -275,6 +275,7 @@ class Crawler:
     def _process(self, item: _Item) -> None:
         url = item.url
         hops = 0
+        chain = {url}  # URLs of this redirect chain, to tell a loop from a long chain
         while True:
             host = host_key(url)
             if host in self.host_skip:
@@ -317,22 +318,25 @@ class Crawler:
                 location = resp.headers.get("location")
                 hops += 1
                 if not location or hops > self.s.max_redirects:
-                    self._drop(item.url, "redirect_loop" if location else "redirect_without_location")
+                    self._drop(item.url, "too_many_redirects" if location else "redirect_without_location")
                     return
                 target = urljoin(url, location)
                 if not scheme_ok(target):
                     self._drop(item.url, "scheme_refused")
                     return
                 target = canonicalize(target)
+                if target in chain:
+                    self._drop(item.url, "redirect_loop")
+                    return
+                chain.add(target)
                 if not domain_allowed(target, self.spider.allowed_domains):
                     self._drop(item.url, "offsite_redirect")
                     return
-                if target != item.url and target in self.seen:
+                if target in self.seen:
                     self._drop(item.url, "redirect_to_seen")
                     return
-                if target != item.url:
-                    self.seen.add(target)
-                    self.pending_done.append((target, "redirect_target"))
+                self.seen.add(target)
+                self.pending_done.append((target, "redirect_target"))
                 url = target
                 continue
             if resp.status != 200:

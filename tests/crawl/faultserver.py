@@ -1,0 +1,121 @@
+"""A loopback HTTP server with failure endpoints and an access log, bound to 127.0.0.x (distinct "hosts").
+
+Routes are per host: ``FaultServer(routes)`` where routes maps a path to a handler function
+``(handler) -> None`` or to a ``(status, headers, body)`` tuple. Every request is logged with its time,
+host, path and headers, so tests can assert what was (not) requested and when.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+
+@dataclass
+class Hit:
+    t: float
+    host: str
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class FaultServer:
+    host: str = "127.0.0.1"
+    routes: dict[str, Any] = field(default_factory=dict)
+    log: list[Hit] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = urlsplit(self.path).path
+                server.log.append(
+                    Hit(time.monotonic(), server.host, self.path, {k.lower(): v for k, v in self.headers.items()})
+                )
+                route = server.routes.get(path)
+                if route is None:
+                    return self.reply(404, {"Content-Type": "text/html"}, b"<html>not found</html>")
+                if callable(route):
+                    return route(self)
+                return self.reply(*route)
+
+            def reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if "Content-Length" not in headers:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *a: Any) -> None:
+                return
+
+        self.httpd = ThreadingHTTPServer((self.host, 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def paths(self) -> list[str]:
+        return [h.path for h in self.log]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def html(body: str, status: int = 200, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    h = {"Content-Type": "text/html; charset=utf-8"}
+    h.update({k.replace("_", "-"): v for k, v in headers.items()})
+    return status, h, f"<html><head><title>t</title></head><body>{body}</body></html>".encode()
+
+
+def gzip_bomb(decompressed_bytes: int) -> tuple[int, dict[str, str], bytes]:
+    body = gzip.compress(b"\0" * decompressed_bytes, compresslevel=9)
+    return 200, {"Content-Type": "text/html", "Content-Encoding": "gzip"}, body
+
+
+def trickle(interval_s: float, total_s: float) -> Callable[[Any], None]:
+    def handler(h: Any) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/html")
+        h.send_header("Content-Length", "100000")
+        h.end_headers()
+        end = time.monotonic() + total_s
+        try:
+            while time.monotonic() < end:
+                h.wfile.write(b"<p>x</p>")
+                h.wfile.flush()
+                time.sleep(interval_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    return handler
+
+
+def partial_body(h: Any) -> None:
+    h.send_response(200)
+    h.send_header("Content-Type", "text/html")
+    h.send_header("Content-Length", "5000")
+    h.end_headers()
+    h.wfile.write(b"<html><body>only part of the page")
+    h.wfile.flush()
+    h.close_connection = True

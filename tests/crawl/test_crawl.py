@@ -1,0 +1,248 @@
+"""The crawl stage against a loopback fault server (RELIABILITY items 1–17, 23, 33)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from corpusforge.recipe import validate_recipe
+from corpusforge.runner import DONE, PARTIAL, run_recipe
+from corpusforge.storage import iter_documents, manifest_paths, validate_folder
+from tests.conftest import cli_env
+from tests.crawl.faultserver import FaultServer, gzip_bomb, html, partial_body, trickle
+
+FAST = {"min_delay_s": 0.0, "backoff_s": 0.05, "timeout_s": 3.0, "max_retries": 2}
+
+
+@pytest.fixture
+def servers():
+    made: list[FaultServer] = []
+
+    def make(host: str = "127.0.0.1", routes=None) -> FaultServer:
+        s = FaultServer(host=host, routes=routes or {})
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def crawl(tmp_path: Path, seeds: list[str], allowed: list[str], *, workdir="w", max_depth=5, **params):
+    spider = tmp_path / "spider.toml"
+    spider.write_text(
+        f'name = "t"\nseeds = {seeds!r}\nallowed_domains = {allowed!r}\nmax_depth = {max_depth}\n'.replace("'", '"')
+    )
+    stage = {"kind": "crawl", "spider": str(spider)} | FAST | params
+    res = run_recipe(validate_recipe({"name": "t", "workdir": str(tmp_path / workdir), "stages": [stage]}))
+    docs = list(iter_documents(manifest_paths(tmp_path / workdir / "crawl"))) if res.status == DONE else []
+    step = res.stages[0].steps[0] if res.stages[0].steps else {"dropped": {}, "counters": {}}
+    return res, docs, step
+
+
+def site(n: int = 5) -> dict:
+    routes = {"/robots.txt": (200, {"Content-Type": "text/plain"}, b"User-agent: *\nDisallow: /private/\n")}
+    links = "".join(f'<a href="/p{i}.html">p{i}</a>' for i in range(n))
+    routes["/"] = html(links + '<a href="/private/secret.html">s</a>')
+    for i in range(n):
+        routes[f"/p{i}.html"] = html(f"<p>page {i}</p>")
+    routes["/private/secret.html"] = html("secret")
+    return routes
+
+
+def test_robots_disallow_is_never_requested_and_counted(tmp_path, servers):
+    s = servers(routes=site())
+    res, docs, step = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"])
+    assert res.status == DONE
+    assert sorted(d.url.rsplit("/", 1)[1] for d in docs) == ["", "p0.html", "p1.html", "p2.html", "p3.html", "p4.html"]
+    assert "/private/secret.html" not in s.paths()
+    assert step["dropped"]["robots_disallowed"] == 1
+    assert step["input"] == step["output"] + sum(step["dropped"].values())
+    # Provenance on every stored document.
+    d = docs[0]
+    assert d.status == 200 and d.backend == "requests+lxml" and d.robots == "allowed" and d.fetched_at and d.html
+    # An identifying User-Agent on every request, robots.txt included.
+    assert all("corpusforge" in h.headers["user-agent"] for h in s.log)
+    assert validate_folder(tmp_path / "w" / "crawl") == []
+
+
+@pytest.mark.parametrize(("robots", "expect_pages"), [((500, {}, b"oops"), 0), ((404, {}, b""), 2)])
+def test_robots_5xx_disallows_everything_and_4xx_allows(tmp_path, servers, robots, expect_pages):
+    s = servers(routes={"/robots.txt": robots, "/": html('<a href="/a.html">a</a>'), "/a.html": html("a")})
+    res, docs, step = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"])
+    assert len(docs) == expect_pages
+    if expect_pages == 0:
+        assert s.paths() == ["/robots.txt"] and step["dropped"] == {"robots_unavailable": 1}
+
+
+def test_robots_unreachable_host_is_disallowed(tmp_path):
+    res, docs, step = crawl(tmp_path, ["http://127.0.0.1:9/"], ["127.0.0.1"])  # nothing listens on port 9
+    assert docs == [] and step["dropped"] == {"robots_unavailable": 1}
+
+
+def test_crawl_delay_spaces_request_starts(tmp_path, servers):
+    routes = site(3)
+    routes["/robots.txt"] = (200, {}, b"User-agent: *\nCrawl-delay: 1\n")
+    s = servers(routes=routes)
+    crawl(tmp_path, [s.base + "/"], ["127.0.0.1"])
+    starts = [h.t for h in s.log if h.path != "/robots.txt"]
+    assert len(starts) == 5  # this robots.txt has no Disallow: /private/ is fetched too
+    assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) >= 0.95
+
+
+def test_crawl_delay_above_the_cap_skips_the_host(tmp_path, servers):
+    routes = site(2)
+    routes["/robots.txt"] = (200, {}, b"User-agent: *\nCrawl-delay: 3600\n")
+    s = servers(routes=routes)
+    res, docs, step = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"])
+    assert docs == [] and step["dropped"] == {"crawl_delay_too_long": 1} and s.paths() == ["/robots.txt"]
+
+
+def test_retry_after_is_honoured_then_budget_exhausted(tmp_path, servers):
+    calls = []
+
+    def limited(h):
+        calls.append(time.monotonic())
+        h.reply(429, {"Retry-After": "1", "Content-Type": "text/html"}, b"slow down")
+
+    s = servers(routes={"/": limited})
+    res, docs, step = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"], max_retries=2)
+    assert len(calls) == 3 and all(b - a >= 0.95 for a, b in zip(calls, calls[1:], strict=False))
+    assert step["dropped"] == {"http_429": 1} and step["counters"]["retries"] == 2
+
+
+def test_bombs_caps_trickle_partial_bodies(tmp_path, servers):
+    s = servers(
+        routes={
+            "/": html(
+                '<a href="/bomb">b</a><a href="/big">g</a><a href="/trickle">t</a><a href="/partial">p</a>'
+                '<a href="/ok">ok</a>'
+            ),
+            "/bomb": gzip_bomb(50 << 20),
+            "/big": (200, {"Content-Type": "text/html"}, b"x" * (300 << 10)),
+            "/trickle": trickle(0.2, 10),
+            "/partial": partial_body,
+            "/ok": html("fine"),
+        }
+    )
+    t0 = time.monotonic()
+    res, docs, step = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"], max_bytes=256 << 10, timeout_s=1.5, max_retries=0)
+    assert time.monotonic() - t0 < 20
+    assert sorted(d.url.rsplit("/", 1)[1] for d in docs) == ["", "ok"]
+    assert step["dropped"]["too_large"] == 2
+    assert step["dropped"]["timeout"] == 1
+    assert step["dropped"]["data_loss"] == 1
+
+
+def test_redirects_file_scheme_offsite_and_loops(tmp_path, servers):
+    other = servers(host="127.0.0.2", routes={"/x": html("other host")})
+    s = servers(
+        routes={
+            "/": html(
+                '<a href="/to-file">1</a><a href="/loop1">2</a><a href="/to-other">3</a><a href="/moved">4</a>'
+                f'<a href="file:///etc/passwd">5</a><a href="{other.base}/x">6</a><a href="ftp://127.0.0.1/f">7</a>'
+            ),
+            "/to-file": (302, {"Location": "file:///etc/passwd"}, b""),
+            "/loop1": (302, {"Location": "/loop2"}, b""),
+            "/loop2": (302, {"Location": "/loop1"}, b""),
+            "/to-other": (302, {"Location": f"{other.base}/x"}, b""),
+            "/moved": (301, {"Location": "/final"}, b""),
+            "/final": html("final"),
+        }
+    )
+    res, docs, step = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"])
+    urls = {d.url.rsplit("/", 1)[1]: d for d in docs}
+    assert set(urls) == {"", "moved"} and urls["moved"].final_url.endswith("/final")
+    assert step["dropped"]["scheme_refused"] == 3  # file: redirect, file: link, ftp: link
+    assert step["dropped"]["offsite"] == 1 and step["dropped"]["offsite_redirect"] == 1
+    assert step["dropped"]["redirect_loop"] == 1
+    assert other.log == []  # nothing off the allowed domain was requested
+
+
+def test_canonical_urls_are_fetched_once_and_traps_stop(tmp_path, servers):
+    s = servers(
+        routes={
+            "/": html(
+                '<a href="/a?y=2&x=1">1</a><a href="/a?x=1&y=2#frag">2</a><a href="/a?x=1&amp;y=2">3</a>'
+                '<a href="/cal/cal/cal/cal/">trap</a>' + '<a href="/' + "z" * 3000 + '">long</a>'
+            ),
+            "/a": html("a"),
+        }
+    )
+    res, docs, step = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"])
+    assert [p for p in s.paths() if p.startswith("/a")] == ["/a?x=1&y=2"]
+    assert step["dropped"]["trap_repeated_segment"] == 1 and step["dropped"]["trap_url_length"] == 1
+
+
+def test_depth_limit(tmp_path, servers):
+    routes = {f"/d{i}": html(f'<a href="/d{i + 1}">next</a>') for i in range(10)}
+    s = servers(routes=routes)
+    res, docs, step = crawl(tmp_path, [s.base + "/d0"], ["127.0.0.1"], max_depth=3)
+    assert len(docs) == 4 and step["dropped"] == {"trap_depth": 1}
+
+
+def test_noai_and_non_utf8(tmp_path, servers):
+    s = servers(
+        routes={
+            "/": html('<a href="/noai">n</a><a href="/latin">l</a><a href="/meta">m</a>'),
+            "/noai": html("no ai please", X_Robots_Tag="noai"),
+            "/meta": html('<meta name="robots" content="noindex">x'),
+            "/latin": (
+                200,
+                {"Content-Type": "text/html; charset=iso-8859-1"},
+                "<html><body>café naïve</body></html>".encode("latin-1"),
+            ),
+        }
+    )
+    res, docs, step = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"])
+    by = {d.url.rsplit("/", 1)[1]: d for d in docs}
+    assert set(by) == {"", "latin"} and "café naïve" in by["latin"].html
+    assert step["dropped"]["optout_noai"] == 1 and step["dropped"]["optout_noindex"] == 1
+
+
+def test_max_pages_flag_is_partial_and_the_rerun_continues(tmp_path, servers):
+    s = servers(routes=site(8))
+    spider = tmp_path / "spider.toml"
+    spider.write_text(f'name = "t"\nseeds = ["{s.base}/"]\nallowed_domains = ["127.0.0.1"]\n')
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'name = "t"\n[[stages]]\nkind = "crawl"\nspider = "{spider}"\nmin_delay_s = 0.0\nsegment_pages = 2\n'
+    )
+    cmd = [sys.executable, "-m", "corpusforge.cli", "run", str(recipe), "--workdir", "w"]
+    first = subprocess.run(
+        [*cmd, "--max-pages", "3"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert first.returncode == PARTIAL, first.stderr
+    second = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert second.returncode == DONE, second.stderr
+    docs = list(iter_documents(manifest_paths(tmp_path / "w" / "crawl")))
+    urls = [d.url for d in docs]
+    assert len(urls) == len(set(urls)) == 9
+    fetched = [p for p in s.paths() if p != "/robots.txt"]
+    assert len(fetched) == len(set(fetched)) == 9  # nothing fetched twice across the two runs
+
+
+def test_kill_minus_9_mid_crawl_then_resume_stores_every_page_exactly_once(tmp_path, servers):
+    s = servers(routes=site(30))
+    spider = tmp_path / "spider.toml"
+    spider.write_text(f'name = "t"\nseeds = ["{s.base}/"]\nallowed_domains = ["127.0.0.1"]\n')
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'name = "t"\n[[stages]]\nkind = "crawl"\nspider = "{spider}"\nmin_delay_s = 0.0\nsegment_pages = 4\n'
+    )
+    cmd = [sys.executable, "-m", "corpusforge.cli", "run", str(recipe), "--workdir", "w"]
+    env = cli_env() | {"CORPUSFORGE_FAULT": "crawl:11"}  # the process dies hard at the 11th stored page
+    killed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert killed.returncode == 137
+    before = len([p for p in s.paths() if p != "/robots.txt"])
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert rerun.returncode == DONE, rerun.stderr
+    urls = [d.url for d in iter_documents(manifest_paths(tmp_path / "w" / "crawl"))]
+    assert len(urls) == len(set(urls)) == 31
+    refetched = len([p for p in s.paths() if p != "/robots.txt"]) - 31
+    assert 0 < refetched <= 4 and before == 11  # only the uncommitted segment's pages were fetched again
+    assert validate_folder(tmp_path / "w" / "crawl") == []
