@@ -21,7 +21,10 @@ def normalize_text(text: str, *, form: str = "NFC", fix_mojibake: bool = True) -
     if fix_mojibake:
         import ftfy
 
-        text = ftfy.fix_text(text, normalization=None)
+        # Only repair mis-decoded text here; the Unicode form below decides about ligatures and widths.
+        text = ftfy.fix_text(
+            text, normalization=None, fix_latin_ligatures=False, fix_character_width=False, uncurl_quotes=False
+        )
     text = unicodedata.normalize(form, text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)

@@ -3,8 +3,8 @@
 ``minhash_dedup`` in a recipe expands (``expand``) into:
 
 1. ``signatures`` — per document: word n-gram shingles (default 5-grams of lower-cased words), one 64-bit
-   hash each, ``bands × rows`` MinHash values with universal hashing ``(a·x + b) mod (2^61 − 1)``, then one
-   64-bit hash per band. Output: ``signatures/*.arrow`` (id, band hashes).
+   hash each, ``bands × rows`` MinHash values (hash functions: a 64-bit mixer of the shingle hash XOR a
+   random seed per function), then one 64-bit hash per band. Output: ``signatures/*.arrow`` (id, band hashes).
 2. ``buckets`` — documents sharing a band hash in the same band are candidate pairs. Output:
    ``buckets/*.arrow`` (pairs of ids).
 3. ``clusters`` — connected components of the pairs (union-find). The representative of a cluster is its
@@ -32,7 +32,6 @@ from corpusforge.stage import Stage, StageContext, TaskResult
 from corpusforge.stats import StepStats
 from corpusforge.storage import ShardWriter, iter_documents, manifest_paths, read_table
 
-MERSENNE = np.uint64((1 << 61) - 1)
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -55,23 +54,31 @@ def shingle_hashes(text: str, n: int) -> np.ndarray:
     return np.unique(h)
 
 
-def permutations(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    a = rng.integers(1, 1 << 32, size=num, dtype=np.uint64)
-    b = rng.integers(0, 1 << 32, size=num, dtype=np.uint64)
-    return a, b
+def permutations(num: int, seed: int) -> np.ndarray:
+    """One random 64-bit seed per hash function ("permutation")."""
+    return np.random.default_rng(seed).integers(0, np.iinfo(np.uint64).max, size=num, dtype=np.uint64, endpoint=True)
 
 
-def minhash(shingles: np.ndarray, a: np.ndarray, b: np.ndarray, block: int = 4096) -> np.ndarray:
-    """MinHash signature (len(a) values) of a set of 64-bit shingle hashes."""
-    sig = np.full(len(a), np.iinfo(np.uint64).max, dtype=np.uint64)
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: a bijective 64-bit mixer (every input bit affects every output bit)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def minhash(shingles: np.ndarray, seeds: np.ndarray, block: int = 4096) -> np.ndarray:
+    """MinHash signature (one value per seed) of a set of 64-bit shingle hashes.
+
+    Hash function i is ``mix64(x XOR seed_i)``. (Linear ``(a·x + b) mod p`` with small ``a·x`` is not
+    min-wise independent enough: its minimum follows the smallest inputs, which biases the estimates.)
+    """
+    sig = np.full(len(seeds), np.iinfo(np.uint64).max, dtype=np.uint64)
     if len(shingles) == 0:
         return sig
-    x = (shingles & np.uint64(0xFFFFFFFF))[:, None]  # 32-bit inputs keep a·x + b below 2^64
-    for i in range(0, len(x), block):
-        with np.errstate(over="ignore"):
-            v = (x[i : i + block] * a[None, :] + b[None, :]) % MERSENNE
-        np.minimum(sig, v.min(axis=0), out=sig)
+    with np.errstate(over="ignore"):
+        for i in range(0, len(shingles), block):
+            v = _mix64(shingles[i : i + block, None] ^ seeds[None, :])
+            np.minimum(sig, v.min(axis=0), out=sig)
     return sig
 
 
@@ -110,7 +117,7 @@ class SignaturesStage(Stage):
         return False
 
     def run_task(self, ctx: StageContext, rank: int) -> TaskResult:
-        a, b = permutations(self.p.bands * self.p.rows, self.p.seed)
+        seeds = permutations(self.p.bands * self.p.rows, self.p.seed)
         schema = pa.schema(
             [("id", pa.string()), ("bands", pa.list_(pa.uint64(), self.p.bands)), ("sig", pa.list_(pa.uint64()))]
         )
@@ -118,7 +125,7 @@ class SignaturesStage(Stage):
         with ShardWriter(ctx.out_dir, f"{rank:05d}", schema=schema, batch_rows=1024) as w:
             for doc in iter_documents(ctx.input_files(), columns=["id", "text"]):
                 stats.input += 1
-                sig = minhash(shingle_hashes(doc.text, self.p.ngram), a, b)
+                sig = minhash(shingle_hashes(doc.text, self.p.ngram), seeds)
                 w.write_row(
                     {
                         "id": doc.id,
