@@ -77,7 +77,31 @@ def train_tokenizer(
     else:  # pragma: no cover - validated by the recipe
         raise ConfigError(f"unknown tokenizer algorithm {algorithm!r}", path="algorithm")
     tok.train_from_iterator(texts, trainer=trainer)
-    return tok
+    return _canonical_unigram(tok) if algorithm == "unigram" else tok
+
+
+def _canonical_unigram(tok):  # type: ignore[no-untyped-def]
+    """Make Unigram training byte-reproducible.
+
+    ``tokenizers``' Unigram trainer sums floats in hash-map order, so two runs on the same input give the same
+    pieces with scores that differ around 1e-15 and tied pieces in another order. Scores are rounded to 10
+    decimals and the non-special pieces sorted by (score descending, piece): the tokenizations are unchanged
+    in practice and the file is identical from run to run.
+    """
+    from tokenizers import Tokenizer
+
+    data = json.loads(tok.to_str())
+    vocab = data["model"]["vocab"]
+    specials = {a["content"] for a in data.get("added_tokens", [])}
+    head = [[p, s] for p, s in vocab if p in specials]
+    rest = sorted(([p, round(s, 10)] for p, s in vocab if p not in specials), key=lambda e: (-e[1], e[0]))
+    data["model"]["vocab"] = head + rest
+    pieces = [p for p, _ in data["model"]["vocab"]]
+    if data["model"].get("unk_id") is not None:
+        data["model"]["unk_id"] = pieces.index(UNK)
+    for a in data.get("added_tokens", []):
+        a["id"] = pieces.index(a["content"])
+    return Tokenizer.from_str(json.dumps(data, ensure_ascii=False))
 
 
 def hf_files(tokenizer_json: Path, *, model_max_length: int = 1024) -> dict[str, bytes]:
