@@ -433,8 +433,9 @@ def write_token_shards(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(tokenizer)
-    res = tokenize_to_shards(docs, tok, out_dir, val_fraction=val_fraction, max_shard_tokens=max_shard_tokens,
-                             batch_docs=batch_docs)
+    res = tokenize_to_shards(
+        docs, tok, out_dir, val_fraction=val_fraction, max_shard_tokens=max_shard_tokens, batch_docs=batch_docs
+    )
     write_hf_metadata(out_dir, res["files"], res["dtype"])
     info = {k: res[k] for k in ("vocab_size", "eot_id", "dtype", "tokens", "documents")}
     info["tokenizer_sha256"] = hashlib.sha256(tok.to_str().encode()).hexdigest()

@@ -16,13 +16,22 @@ from corpusforge.tokenizer import EOT, hf_files, train_tokenizer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-TEXTS = [f"Document {i}: the quick brown fox jumps over the lazy dog, {i * 7} times. Ünïcödé café 😀 世界。"
-         for i in range(300)]
+TEXTS = [
+    f"Document {i}: the quick brown fox jumps over the lazy dog, {i * 7} times. Ünïcödé café 😀 世界。"
+    for i in range(300)
+]
 
 
 def _docs(n=300):
-    return [Document(id=f"doc{i:04d}", text=TEXTS[i % len(TEXTS)] * (1 + i % 4), url=f"http://127.0.0.1/{i}",
-                     fetched_at="2026-11-22T00:00:00Z") for i in range(n)]
+    return [
+        Document(
+            id=f"doc{i:04d}",
+            text=TEXTS[i % len(TEXTS)] * (1 + i % 4),
+            url=f"http://127.0.0.1/{i}",
+            fetched_at="2026-11-22T00:00:00Z",
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("algorithm", ["bpe", "unigram", "char"])
@@ -66,8 +75,7 @@ def test_shards_load_validate_lineage(tmp_path):
     tok = train_tokenizer(TEXTS, vocab_size=400)
     docs = _docs()
     docs[5].metadata["split"] = "val"
-    m = write_token_shards(docs, tok, tmp_path / "tokens", val_fraction=0.1, max_shard_tokens=5000,
-                           batch_docs=32)
+    m = write_token_shards(docs, tok, tmp_path / "tokens", val_fraction=0.1, max_shard_tokens=5000, batch_docs=32)
     assert m["dtype"] == "uint16" and m["documents"]["train"] + m["documents"]["val"] == 300
     assert len([f for f in m["files"] if f["name"].startswith("train/")]) > 1  # rotated
     assert validate_folder(tmp_path / "tokens") == []

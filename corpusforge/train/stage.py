@@ -33,6 +33,8 @@ class TrainStage(Stage):
         warmup_iters: Annotated[int, Min(0)] = 100,
         lr_decay_iters: Annotated[int, Min(1)] | None = None,
         weight_decay: Annotated[float, Min(0)] = 0.1,
+        beta1: Annotated[float, Min(0), Max(1)] = 0.9,
+        beta2: Annotated[float, Min(0), Max(1)] = 0.99,
         grad_clip: Annotated[float, Min(0)] = 1.0,
         eval_interval: Annotated[int, Min(1)] = 250,
         eval_iters: Annotated[int, Min(1)] = 20,
@@ -42,6 +44,9 @@ class TrainStage(Stage):
         seed: int = 1337,
         device: Literal["auto", "cpu", "cuda"] = "auto",
         compile: bool = False,
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
+        threads: Annotated[int, Min(1)] | None = None,
+        deterministic: bool = False,
     ) -> None:
         self._params = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
 

@@ -280,6 +280,9 @@ def train(
             keep=cfg.keep_checkpoints,
         )
 
+    # Test hooks (RELIABILITY items 34, 38): "train:K" exits hard after iteration K; "train_nan:K" makes
+    # iteration K's loss NaN.
+    fault = os.environ.get("CORPUSFORGE_FAULT", "")
     say(f"model: {model.num_params() / 1e6:.2f} M parameters, device {device}, {tokens_per_iter} tokens/iteration")
     t0 = time.perf_counter()
     t_last, it_last = t0, step
@@ -301,6 +304,8 @@ def train(
                 (loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach()
             loss_val = float(loss_sum) / cfg.grad_accum
+            if fault == f"train_nan:{step + 1}":
+                loss_val = float("nan")
             if not math.isfinite(loss_val):
                 raise DivergedError(f"loss is {loss_val} at iteration {step}; the last good checkpoint is kept")
             if cfg.grad_clip > 0:
@@ -324,6 +329,8 @@ def train(
                 metrics.write(step, val_loss=vl, **({"bits_per_byte": bpb} if bpb else {}))
                 say(f"eval   {step:6d}  val loss {vl:.4f}" + (f"  bits/byte {bpb:.3f}" if bpb else ""))
                 result.checkpoint = save_checkpoint(step)
+            if fault == f"train:{step}":
+                os._exit(137)
     finally:
         metrics.close()
     result.step = step

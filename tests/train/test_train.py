@@ -1,0 +1,159 @@
+"""The bundled GPT trainer on tiny configs (RELIABILITY items 34–38, 40)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from corpusforge.document import Document  # noqa: E402
+from corpusforge.errors import ConfigError, DivergedError  # noqa: E402
+from corpusforge.shards import write_token_shards  # noqa: E402
+from corpusforge.tokenizer import train_tokenizer  # noqa: E402
+from corpusforge.train import checkpoint as ckpt  # noqa: E402
+from corpusforge.train.model import GPT, GPTConfig  # noqa: E402
+from corpusforge.train.train import TrainConfig, train  # noqa: E402
+from tests.conftest import cli_env  # noqa: E402
+
+TEXT = "".join(
+    f"To be, or not to be, that is the question {i}: whether 'tis nobler in the mind to suffer.\n" for i in range(300)
+)
+TINY = dict(
+    n_layer=1,
+    n_head=2,
+    n_embd=32,
+    block_size=32,
+    batch_size=4,
+    lr=3e-3,
+    warmup_iters=2,
+    eval_iters=2,
+    sample_tokens=0,
+    threads=1,
+    log_interval=5,
+)
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tok")
+    tok = train_tokenizer([TEXT], algorithm="char")
+    (d / "tokenizer.json").write_text(tok.to_str())
+    n = int(len(TEXT) * 0.9)
+    docs = [
+        Document(id="train", text=TEXT[:n], metadata={"split": "train"}),
+        Document(id="val", text=TEXT[n:], metadata={"split": "val"}),
+    ]
+    write_token_shards(docs, tok, d / "tokens")
+    return d / "tokens"
+
+
+def _losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal"])
+def test_forward_shapes_and_causality(pos):
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, pos_encoding=pos)).eval()
+    x = torch.randint(0, 50, (3, 16))
+    logits, loss = m(x, x)
+    assert logits.shape == (3, 16, 50) and loss.ndim == 0
+    y = x.clone()
+    y[:, 10:] = (y[:, 10:] + 1) % 50  # change the future
+    l2, _ = m(y, y)
+    assert torch.allclose(logits[:, :10], l2[:, :10], atol=1e-6) and not torch.allclose(logits[:, 10:], l2[:, 10:])
+    assert m.lm_head.weight.data_ptr() == m.wte.weight.data_ptr()  # tied head
+
+
+def test_loss_decreases_and_outputs_are_written(tokens, tmp_path):
+    res = train(
+        TrainConfig(**(TINY | {"sample_tokens": 20}), max_iters=60, eval_interval=30),
+        tokens,
+        tmp_path / "o",
+        quiet=True,
+    )
+    first = sum(v for _, v in res.train_losses[:5]) / 5
+    last = sum(v for _, v in res.train_losses[-5:]) / 5
+    assert last < first - 0.5
+    out = tmp_path / "o"
+    assert (out / "loss.png").is_file() and (out / "samples.txt").read_text().strip()
+    assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step-0000060", "step-0000030"]
+    assert list((out / "tensorboard").iterdir())
+
+
+def test_exact_resume_after_kill_minus_9(tokens, tmp_path):
+    args = [sys.executable, "-m", "corpusforge.cli", "train", str(tokens)]
+    sets = [f"--set={k}={v}" for k, v in (TINY | {"max_iters": 20, "eval_interval": 5, "dropout": 0.1}).items()]
+    straight = subprocess.run(
+        [*args, "--out", "a", *sets], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=180
+    )
+    assert straight.returncode == 0, straight.stderr
+    env = cli_env() | {"CORPUSFORGE_FAULT": "train:12"}  # dies hard after iteration 12 (checkpoint at 10)
+    killed = subprocess.run(
+        [*args, "--out", "b", *sets], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert killed.returncode == 137
+    resumed = subprocess.run(
+        [*args, "--out", "b", *sets], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=180
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "step-0000010" in resumed.stdout
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert sorted(a) == sorted(b) == list(range(1, 21))
+    assert all(a[k] == b[k] for k in a), [(k, a[k], b[k]) for k in a if a[k] != b[k]]
+
+
+def test_corrupt_or_pickled_checkpoint_falls_back_and_never_runs_code(tokens, tmp_path):
+    out = tmp_path / "o"
+    train(TrainConfig(**TINY, max_iters=10, eval_interval=5), tokens, out, quiet=True)
+    newest, previous = ckpt.list_checkpoints(out / "checkpoints")[:2]
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "code ran"))
+
+    (newest / "model.safetensors").write_bytes(pickle.dumps(Evil()))
+    loaded = ckpt.load_latest(out / "checkpoints")
+    assert loaded is not None and loaded.path == previous
+    assert not marker.exists()
+    # A partial save (kill during a checkpoint write) is ignored and removed.
+    (out / "checkpoints" / "step-0000099.tmp").mkdir()
+    assert ckpt.load_latest(out / "checkpoints").path == previous
+    assert not (out / "checkpoints" / "step-0000099.tmp").exists()
+
+
+def test_changed_data_is_refused_unless_forced(tokens, tmp_path):
+    out = tmp_path / "o"
+    train(TrainConfig(**TINY, max_iters=5, eval_interval=5), tokens, out, quiet=True)
+    other = tmp_path / "tokens2"
+    tok = train_tokenizer([TEXT], algorithm="char")
+    write_token_shards(
+        [
+            Document(id="x", text=TEXT[::-1], metadata={"split": "train"}),
+            Document(id="v", text=TEXT[:3000], metadata={"split": "val"}),
+        ],
+        tok,
+        other,
+    )
+    with pytest.raises(ConfigError, match="changed"):
+        train(TrainConfig(**TINY, max_iters=8, eval_interval=4), other, out, quiet=True)
+    res = train(TrainConfig(**TINY, max_iters=8, eval_interval=4), other, out, quiet=True, force=True)
+    assert res.step == 8
+
+
+def test_nan_loss_stops_and_keeps_the_good_checkpoint(tokens, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    monkeypatch.setenv("CORPUSFORGE_FAULT", "train_nan:8")
+    with pytest.raises(DivergedError):
+        train(TrainConfig(**TINY, max_iters=20, eval_interval=5), tokens, out, quiet=True)
+    cps = ckpt.list_checkpoints(out / "checkpoints")
+    assert [p.name for p in cps] == ["step-0000005"]
+    assert ckpt.load_one(cps[0]).state["step"] == 5
