@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 
-def clean_stages(*, near_dedup: bool = True, tasks: int = 2, min_words: int = 50,
-                 extractor: str = "trafilatura") -> list[dict[str, Any]]:
+def clean_stages(
+    *, near_dedup: bool = True, tasks: int = 2, min_words: int = 50, extractor: str = "trafilatura"
+) -> list[dict[str, Any]]:
     """extract → normalize → quality filters → exact dedup (→ MinHash near-dedup)."""
     stages: list[dict[str, Any]] = [
         {

@@ -192,7 +192,16 @@ class Recipe:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-TOP_KEYS = {"name": str, "workdir": str, "workers": int, "description": str, "stages": list}
+# corpusforge_version and fingerprint are written into recipe.resolved.toml, which can be run again as is.
+TOP_KEYS = {
+    "name": str,
+    "workdir": str,
+    "workers": int,
+    "description": str,
+    "stages": list,
+    "corpusforge_version": str,
+    "fingerprint": str,
+}
 
 
 def _parse_value(text: str) -> Any:
