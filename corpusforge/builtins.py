@@ -20,6 +20,7 @@ BACKENDS.add("requests+lxml", "corpusforge.crawl.backends.requests_lxml:Requests
 BACKENDS.add("requests+bs4", "corpusforge.crawl.backends.requests_bs4:RequestsBs4Backend")
 BACKENDS.add("scrapy", "corpusforge.crawl.backends.scrapy:ScrapyBackend")
 BACKENDS.add("selenium", "corpusforge.crawl.backends.selenium:SeleniumBackend")
+BACKENDS.add("auto", "corpusforge.crawl.backends.selenium:AutoBackend")
 
 # --- clean (corpusforge/steps) ----------------------------------------------------------------------------
 STEPS.add("extract", "corpusforge.steps.extract:Extract")
@@ -27,6 +28,12 @@ STEPS.add("normalize", "corpusforge.steps.normalize:Normalize")
 STEPS.add("length", "corpusforge.steps.filters.basic:LengthFilter")
 STEPS.add("gopher_quality", "corpusforge.steps.filters.gopher:GopherQualityFilter")
 STEPS.add("gopher_repetition", "corpusforge.steps.filters.gopher:GopherRepetitionFilter")
+STEPS.add("c4", "corpusforge.steps.filters.c4:C4Filter")
+STEPS.add("fineweb_quality", "corpusforge.steps.filters.fineweb:FineWebQualityFilter")
+STEPS.add("url_blocklist", "corpusforge.steps.filters.url:UrlBlocklistFilter")
+STEPS.add("language", "corpusforge.steps.filters.language:LanguageFilter")
+STEPS.add("pii", "corpusforge.steps.pii:PiiMasker")
+STEPS.add("site_boilerplate", "corpusforge.steps.boilerplate:SiteBoilerplate")
 STAGES.add("exact_dedup", "corpusforge.steps.dedup.exact:ExactDedupStage")
 STAGES.add("minhash_dedup", "corpusforge.steps.dedup.minhash:MinHashDedupStage")
 

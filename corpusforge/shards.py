@@ -1,21 +1,26 @@
 """Documents → train-ready Arrow token shards, with a manifest, lineage and a dataset card.
 
-Layout of a tokens folder (``datasets.load_from_disk(folder)`` reads it as a ``DatasetDict``)::
+Layout of a tokens folder (``datasets.load_from_disk(folder)`` reads it as a ``DatasetDict`` as it is)::
 
     tokens/
       dataset_dict.json                       {"splits": ["train", "val"]}
-      train/ data-r00000-00000.arrow …        Arrow stream files (what datasets writes)
-             dataset_info.json  state.json
-      val/   …
-      manifest.json  README.md (dataset card)
+      train/ data-r00000-00000.arrow …        Arrow *stream* files (what datasets writes): task r, shard k
+             dataset_info.json  state.json    the features and the file list datasets needs
+      val/   …                                (an empty split holds one empty shard, data-empty.arrow)
+      manifest.json                           files (train/…, val/…) with rows, bytes, sha256, tokens; counts
+      README.md                               dataset card: YAML front matter + tables, from the manifest fields
 
 Each row is one document: ``input_ids`` (list of uint16, or uint32 when the vocabulary exceeds 65,536; the
-document's tokens followed by ``<|endoftext|>``) and its lineage: ``id``, ``url``, ``fetched_at``. The
-values buffer of ``input_ids`` is a flat token stream that ``token_arrays`` memory-maps without copying;
-its offsets are the document boundaries, so token range → document is a binary search over offsets.
+document's tokens followed by ``<|endoftext|>``) and its lineage: ``id``, ``url``, ``fetched_at``. One
+record batch per encoded batch (≤ ``batch_docs`` documents, ≤ ``batch_chars`` characters): the values
+buffer of ``input_ids`` is a flat token stream that ``token_arrays`` memory-maps without copying, and its
+offsets are the document boundaries, so a token position maps back to its document (``document_at``).
 
 The split is by document: ``metadata["split"]`` ("train"/"val") when a document carries one, else a hash
-of its id below ``val_fraction`` → val. Shards rotate at ``max_shard_tokens``.
+of its id below ``val_fraction`` → val. Shards rotate once they hold ``max_shard_tokens``. Encoding uses
+``tokens_encode.FastBpeEncoder`` (ids identical to ``tokenizers``' ``encode(text, add_special_tokens=False)``;
+like it, an added token's text written inside a document, e.g. ``<|endoftext|>``, becomes that token), in
+``workers`` processes when asked; the output is byte-identical whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -32,7 +39,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from corpusforge.document import Document
-from corpusforge.errors import ConfigError, ShardError
+from corpusforge.errors import ConfigError, FatalError, ShardError
 from corpusforge.recipe import Max, Min
 from corpusforge.stage import Stage, StageContext, TaskResult
 from corpusforge.stats import StepStats
@@ -47,6 +54,7 @@ from corpusforge.storage import (
     sha256_file,
     write_manifest,
 )
+from corpusforge.tokens_encode import FastBpeEncoder, encode_texts
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +89,8 @@ def split_of(doc: Document, val_fraction: float) -> str:
     s = doc.metadata.get("split")
     if s in SPLITS:
         return str(s)
+    if val_fraction <= 0:
+        return "train"
     h = int.from_bytes(hashlib.blake2b(doc.id.encode(), digest_size=8).digest(), "big") / 2**64
     return "val" if h < val_fraction else "train"
 
@@ -99,7 +109,7 @@ def load_tokenizer(ref: Any):  # type: ignore[no-untyped-def]
 
 
 class _SplitWriter:
-    """Stream-format shards for one split of one task, rotated at ``max_tokens``."""
+    """Stream-format shards for one split of one task, rotated once a file holds ``max_tokens`` tokens."""
 
     def __init__(self, folder: Path, prefix: str, dtype: np.dtype, max_tokens: int) -> None:
         self.folder, self.prefix, self.dtype, self.max_tokens = folder, prefix, dtype, max_tokens
@@ -113,49 +123,48 @@ class _SplitWriter:
     def _path(self) -> Path:
         return self.folder / f"{self.prefix}-{len(self.files):05d}.arrow"
 
-    def write(self, ids: list[np.ndarray], meta: list[tuple[str, str | None, str | None]]) -> None:
-        if not ids:
+    def write(self, values: np.ndarray, offsets: np.ndarray, meta: list[tuple[str, str | None, str | None]]) -> None:
+        """One record batch: ``values`` (all tokens, EOTs included) and ``offsets`` (len(meta) + 1 bounds)."""
+        if not meta:
             return
         if self._writer is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp = self._path().with_name(self._path().name + TMP_SUFFIX)
             self._sink = pa.OSFile(str(tmp), "wb")
             self._writer = ipc.new_stream(self._sink, self.schema)
-        lengths = np.fromiter((len(a) for a in ids), dtype=np.int64, count=len(ids))
-        offsets = np.zeros(len(ids) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=offsets[1:])
-        values = np.concatenate(ids).astype(self.dtype, copy=False)
-        arr = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+        # Zero-copy: the numpy buffers become the Arrow list column's offsets and values as they are.
+        arr = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32, copy=False)), pa.array(values))
+        ids, urls, times = zip(*meta, strict=True)
         batch = pa.record_batch(
-            [
-                arr,
-                pa.array([m[0] for m in meta], pa.string()),
-                pa.array([m[1] for m in meta], pa.string()),
-                pa.array([m[2] for m in meta], pa.string()),
-            ],
+            [arr, pa.array(ids, pa.string()), pa.array(urls, pa.string()), pa.array(times, pa.string())],
             schema=self.schema,
         )
-        self._writer.write_batch(batch)
-        self._file_tokens += int(offsets[-1])
-        self._file_rows += len(ids)
-        self.tokens += int(offsets[-1])
-        self.docs += len(ids)
+        try:
+            self._writer.write_batch(batch)
+        except OSError as exc:
+            raise FatalError(f"cannot write token shard in {self.folder}: {exc}. Check free space.") from exc
+        n = int(offsets[-1])
+        self._file_tokens += n
+        self._file_rows += len(meta)
+        self.tokens += n
+        self.docs += len(meta)
         if self._file_tokens >= self.max_tokens:
             self._finish()
 
     def _finish(self) -> None:
         if self._writer is None:
             return
-        import os
-
         final = self._path()
         tmp = final.with_name(final.name + TMP_SUFFIX)
-        self._writer.close()
-        self._sink.flush()
-        os.fsync(self._sink.fileno())
-        self._sink.close()
-        os.replace(tmp, final)
-        fsync_dir(self.folder)
+        try:
+            self._writer.close()
+            self._sink.flush()
+            os.fsync(self._sink.fileno())
+            self._sink.close()
+            os.replace(tmp, final)
+            fsync_dir(self.folder)
+        except OSError as exc:
+            raise FatalError(f"cannot finish token shard {final}: {exc}. Check free space.") from exc
         self.files.append(
             {
                 "name": f"{self.folder.name}/{final.name}",
@@ -177,11 +186,108 @@ class _SplitWriter:
             try:
                 self._writer.close()
                 self._sink.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - best effort on an already failing path
                 pass
             self._path().with_name(self._path().name + TMP_SUFFIX).unlink(missing_ok=True)
+            self._writer = None
         for f in self.files:
             (self.folder.parent / f["name"]).unlink(missing_ok=True)
+        self.files = []
+
+
+def with_eot(flat: np.ndarray, lengths: np.ndarray, eot: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Append ``eot`` to each document of a flat id stream: (values in ``dtype``, offsets of len(lengths) + 1)."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths + 1, out=offsets[1:])
+    values = np.empty(int(offsets[-1]), dtype=dtype)
+    ends = offsets[1:] - 1
+    keep = np.ones(len(values), dtype=bool)
+    keep[ends] = False
+    values[keep] = flat
+    values[ends] = eot
+    return values, offsets
+
+
+class _EncodeJob:
+    """Encoder state of one process: texts → (values with EOTs in the shard dtype, offsets, counter deltas)."""
+
+    def __init__(self, tokenizer: Any, eot: int, dtype: str, verify_every: int) -> None:
+        if isinstance(tokenizer, str):
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_str(tokenizer)
+        self.encoder = FastBpeEncoder(tokenizer, verify_every=verify_every)
+        self.eot, self.dtype = eot, np.dtype(dtype)
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        before = dict(self.encoder.stats)
+        flat, lengths = encode_texts(self.encoder, texts)
+        values, offsets = with_eot(flat, lengths, self.eot, self.dtype)
+        return values, offsets, {k: v - before.get(k, 0) for k, v in self.encoder.stats.items()}
+
+
+# Per-process state of a pool worker (set once by the pool's initializer; the parent never touches it).
+_WORKER: dict[str, _EncodeJob] = {}
+
+
+def _worker_init(tokenizer_json: str, eot: int, dtype: str, verify_every: int) -> None:
+    _WORKER["job"] = _EncodeJob(tokenizer_json, eot, dtype, verify_every)
+
+
+def _encode_job(texts: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    return _WORKER["job"](texts)
+
+
+class _Encoders:
+    """Encode batches in this process (``workers=1``) or in a pool, keeping results in submission order."""
+
+    def __init__(self, tok: Any, eot: int, dtype: np.dtype, workers: int, verify_every: int) -> None:
+        self.workers = workers
+        self.pending: deque[tuple[Any, Any]] = deque()
+        self.counters: Counter[str] = Counter()
+        import multiprocessing as mp
+
+        self.pool: Any = None
+        if workers > 1 and mp.current_process().daemon:
+            log.info("encoding in this process: a daemonic worker cannot start encoder processes")
+            workers = self.workers = 1
+        if workers > 1:
+            # fork (where there is one): no re-import of the caller's __main__ as spawn needs. The children
+            # must not touch tokenizers' thread pool (a fork copies no threads): TOKENIZERS_PARALLELISM=false
+            # in their environment makes their encode_batch sequential (and silences tokenizers' fork
+            # warning); the parent's setting is restored at once.
+            init = (tok.to_str(), eot, dtype.name, verify_every)
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            saved = os.environ.get("TOKENIZERS_PARALLELISM")
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            try:
+                self.pool = mp.get_context(method).Pool(workers, initializer=_worker_init, initargs=init)
+            finally:
+                if saved is None:
+                    os.environ.pop("TOKENIZERS_PARALLELISM", None)
+                else:
+                    os.environ["TOKENIZERS_PARALLELISM"] = saved
+        else:
+            self.local = _EncodeJob(tok, eot, dtype.name, verify_every)
+
+    def submit(self, texts: list[str], tag: Any) -> None:
+        if self.pool is None:
+            self.pending.append((tag, self.local(texts)))
+        else:
+            self.pending.append((tag, self.pool.apply_async(_encode_job, (texts,))))
+
+    def ready(self, *, drain: bool = False) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
+        """Finished batches in order; waits only while more than 2 per worker are in flight (or ``drain``)."""
+        while self.pending and (drain or self.pool is None or len(self.pending) > 2 * self.workers):
+            tag, res = self.pending.popleft()
+            values, offsets, counters = res if self.pool is None else res.get()
+            self.counters.update(counters)
+            yield tag, values, offsets
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
 
 
 def tokenize_to_shards(
@@ -192,10 +298,18 @@ def tokenize_to_shards(
     prefix: str = "data-r00000",
     val_fraction: float = 0.01,
     max_shard_tokens: int = 50_000_000,
-    batch_docs: int = 512,
+    batch_docs: int = 1024,
+    batch_chars: int = 500_000,
+    workers: int = 1,
+    verify_every: int = 64,
     stats: StepStats | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Tokenize ``docs`` into split folders of ``out_dir``; returns files and counts (no manifest)."""
+    """Tokenize ``docs`` into split folders of ``out_dir``; returns files and counts (no manifest).
+
+    Documents are grouped by split into batches of at most ``batch_docs`` documents or ``batch_chars``
+    characters; each batch becomes one record batch of a shard. ``workers`` > 1 encodes in that many processes.
+    """
     tok = load_tokenizer(tokenizer)
     eot = tok.token_to_id(EOT)
     if eot is None:
@@ -203,41 +317,60 @@ def tokenize_to_shards(
     dtype = token_dtype(tok.get_vocab_size())
     writers = {s: _SplitWriter(out_dir / s, prefix, dtype, max_shard_tokens) for s in SPLITS}
     stats = stats or StepStats("tokenize")
-    eot_arr = np.array([eot], dtype=np.uint32)
+    texts: dict[str, list[str]] = {s: [] for s in SPLITS}
+    metas: dict[str, list[tuple[str, str | None, str | None]]] = {s: [] for s in SPLITS}
+    chars = dict.fromkeys(SPLITS, 0)
+    encoders = _Encoders(tok, eot, dtype, workers, verify_every)
 
-    def flush(batch: list[Document]) -> None:
-        encs = tok.encode_batch([d.text for d in batch], add_special_tokens=False)
-        by_split: dict[str, tuple[list[np.ndarray], list[tuple[str, str | None, str | None]]]] = {
-            s: ([], []) for s in SPLITS
-        }
-        for d, e in zip(batch, encs, strict=True):
-            ids, meta = by_split[split_of(d, val_fraction)]
-            ids.append(np.concatenate([np.asarray(e.ids, dtype=np.uint32), eot_arr]))
-            meta.append((d.id, d.url, d.fetched_at))
-        for s, (ids, meta) in by_split.items():
-            writers[s].write(ids, meta)
+    def submit(s: str) -> None:
+        encoders.submit(texts[s], (s, metas[s]))
+        texts[s], metas[s], chars[s] = [], [], 0
 
+    def write(drain: bool = False) -> None:
+        for (s, meta), values, offsets in encoders.ready(drain=drain):
+            writers[s].write(values, offsets, meta)
+
+    stopped = False
     try:
-        batch: list[Document] = []
         for d in docs:
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
             stats.input += 1
             if not d.text:
                 stats.drop("empty_text")
                 continue
             stats.output += 1
-            batch.append(d)
-            if len(batch) >= batch_docs:
-                flush(batch)
-                batch = []
-        if batch:
-            flush(batch)
-        files = [f for s in SPLITS for f in writers[s].close()]
+            s = split_of(d, val_fraction)
+            texts[s].append(d.text)
+            metas[s].append((d.id, d.url, d.fetched_at))
+            chars[s] += len(d.text)
+            if len(texts[s]) >= batch_docs or chars[s] >= batch_chars:
+                submit(s)
+                write()
+        for s in SPLITS:
+            if texts[s]:
+                submit(s)
+        write(drain=True)
+        files = [f for s in SPLITS for f in writers[s].close()] if not stopped else []
     except BaseException:
         for w in writers.values():
             w.abort()
         raise
+    finally:
+        encoders.close()
+    if stopped:
+        for w in writers.values():
+            w.abort()
+    stats.counters.update({f"encoder_{k}": v for k, v in encoders.counters.items() if k != "docs"})
+    if encoders.counters.get("mismatches"):
+        log.warning(
+            "fast encoder mismatches: %d (those batches were re-encoded with tokenizers)",
+            encoders.counters["mismatches"],
+        )
     return {
         "files": files,
+        "partial": stopped,
         "tokens": {s: writers[s].tokens for s in SPLITS},
         "documents": {s: writers[s].docs for s in SPLITS},
         "vocab_size": tok.get_vocab_size(),
@@ -283,13 +416,27 @@ def write_hf_metadata(out_dir: Path, files: list[dict[str, Any]], dtype: str) ->
     atomic_write_json(out_dir / "dataset_dict.json", {"splits": list(SPLITS)})
 
 
-def dataset_card(manifest: dict[str, Any], *, name: str, tokenizer_report: dict[str, Any] | None = None) -> str:
+def dataset_card(
+    manifest: dict[str, Any],
+    *,
+    name: str,
+    tokenizer_report: dict[str, Any] | None = None,
+    files: list[dict[str, Any]] | None = None,
+    steps: list[dict[str, Any]] | None = None,
+) -> str:
+    """README.md with YAML front matter (HF dataset card fields + corpusforge's counts) from the manifest fields.
+
+    Every number comes from ``manifest`` (the same dict merged into manifest.json), so card and manifest agree.
+    """
     tokens, docs = manifest["tokens"], manifest["documents"]
+    total = sum(tokens.values())
+    size = "n<1K" if sum(docs.values()) < 1000 else "1K<n<10K" if sum(docs.values()) < 10_000 else "10K<n<100K"
     front = [
         "---",
         f"pretty_name: {json.dumps(name)}",
         "task_categories:",
         "- text-generation",
+        f"size_categories:\n- {size}",
         "configs:",
         "- config_name: default",
         "  data_files:",
@@ -298,26 +445,45 @@ def dataset_card(manifest: dict[str, Any], *, name: str, tokenizer_report: dict[
         f"  vocab_size: {manifest['vocab_size']}",
         f"  dtype: {manifest['dtype']}",
         f"  eot_id: {manifest['eot_id']}",
-        f"  tokenizer_sha256: {manifest.get('tokenizer_sha256', '')}",
+        f"  tokenizer_sha256: {json.dumps(manifest.get('tokenizer_sha256', ''))}",
         *[f"  tokens_{s}: {tokens[s]}" for s in SPLITS],
         *[f"  documents_{s}: {docs[s]}" for s in SPLITS],
+        f"  tokens_total: {total}",
         "---",
     ]
     body = [
         f"# {name}: token shards",
         "",
-        "Made by corpusforge. Each row is one document: `input_ids` (its tokens followed by `<|endoftext|>`)",
-        "and its lineage (`id`, `url`, `fetched_at`).",
+        f"Made by corpusforge: {total:,} tokens in {sum(docs.values()):,} documents, vocabulary "
+        f"{manifest['vocab_size']:,} (`{manifest['dtype']}` ids, end-of-text id {manifest['eot_id']}).",
+        "Each row is one document: `input_ids` (its tokens followed by `<|endoftext|>`) and its lineage",
+        "(`id`, `url`, `fetched_at`), so every token range maps back to the page it came from.",
         "",
-        "| split | documents | tokens |",
-        "| --- | --- | --- |",
-        *[f"| {s} | {docs[s]} | {tokens[s]} |" for s in SPLITS],
+        "| split | documents | tokens | shards |",
+        "| --- | --- | --- | --- |",
+        *[
+            f"| {s} | {docs[s]} | {tokens[s]} | {sum(1 for f in files or [] if f['name'].startswith(s + '/'))} |"
+            for s in SPLITS
+        ],
         "",
-        "Load with `datasets.load_from_disk(<this folder>)`; check with `corpusforge validate <this folder>`.",
+        "Load with `datasets.load_from_disk(<this folder>)`; check with `corpusforge validate <this folder>`;",
+        "`corpusforge export-nanogpt <this folder> OUT` writes nanoGPT's train.bin/val.bin.",
     ]
+    if steps:
+        body += ["", "## Processing", ""]
+        for st in steps:
+            dropped = ", ".join(f"{k}: {v}" for k, v in st.get("dropped", {}).items()) or "none"
+            body.append(f"- `{st['name']}`: {st['input']} in, {st['output']} out; dropped: {dropped}")
     if tokenizer_report:
         o = tokenizer_report.get("overall", {})
-        body += ["", f"Tokenizer: {o.get('bytes_per_token', '?')} bytes per token on the corpus."]
+        body += [
+            "",
+            "## Tokenizer",
+            "",
+            f"{tokenizer_report.get('algorithm', '?')}, {o.get('bytes_per_token', '?')} bytes per token, "
+            f"{o.get('words_per_token', '?')} words per token, unknown rate {o.get('unknown_rate', '?')} "
+            "on a sample of the corpus.",
+        ]
     return "\n".join(front + body) + "\n"
 
 
@@ -342,8 +508,33 @@ def token_arrays(tokens_dir: Path, split: str = "train") -> list[np.ndarray]:
     return out
 
 
+def tokenizer_sha256(ref: Any) -> str:
+    """sha256 of the tokenizer file, or of the pretty JSON the tokenizer stage writes for an in-memory one."""
+    from tokenizers import Tokenizer
+
+    if isinstance(ref, Tokenizer):
+        return hashlib.sha256(ref.to_str(pretty=True).encode("utf-8")).hexdigest()
+    path = Path(ref)
+    return sha256_file(path / "tokenizer.json" if path.is_dir() else path)
+
+
+def _manifest_info(res_list: list[dict[str, Any]], tok: Any, tok_ref: Any) -> dict[str, Any]:
+    return {
+        "vocab_size": tok.get_vocab_size(),
+        "eot_id": tok.token_to_id(EOT),
+        "dtype": token_dtype(tok.get_vocab_size()).name,
+        "tokenizer_sha256": tokenizer_sha256(tok_ref),
+        "tokens": {s: sum(r["tokens"][s] for r in res_list) for s in SPLITS},
+        "documents": {s: sum(r["documents"][s] for r in res_list) for s in SPLITS},
+    }
+
+
 class TokensStage(Stage):
-    """Tokenize the input stage's documents into token shards with ``tokenizer`` (a stage name or a path)."""
+    """Tokenize the input stage's documents into token shards with ``tokenizer`` (a stage name or a path).
+
+    Tasks share the input by file, or by document when there are fewer files than tasks; ``workers`` encoder
+    processes per task (the runner already runs tasks in parallel, so 1 is usually right).
+    """
 
     kind: ClassVar[str] = "tokens"
     produces_documents: ClassVar[bool] = False
@@ -355,18 +546,21 @@ class TokensStage(Stage):
         val_fraction: Annotated[float, Min(0), Max(0.5)] = 0.01,
         tasks: Annotated[int, Min(1)] = 2,
         max_shard_tokens: Annotated[int, Min(1000), Max(2_000_000_000)] = 50_000_000,
-        batch_docs: Annotated[int, Min(1)] = 512,
+        batch_docs: Annotated[int, Min(1)] = 1024,
+        workers: Annotated[int, Min(1), Max(256)] = 1,
     ) -> None:
         self.tokenizer = tokenizer
         self.val_fraction = val_fraction
         self.tasks = tasks
         self.max_shard_tokens = max_shard_tokens
         self.batch_docs = batch_docs
+        self.workers = workers
 
     def _tokenizer_path(self, ctx: StageContext) -> Path:
         if self.tokenizer in ctx.stage_dirs:
             return ctx.stage_dirs[self.tokenizer] / "tokenizer.json"
-        return Path(self.tokenizer)
+        path = Path(self.tokenizer)
+        return path / "tokenizer.json" if path.is_dir() else path
 
     def num_tasks(self, ctx: StageContext) -> int:
         return self.tasks
@@ -376,46 +570,60 @@ class TokensStage(Stage):
             for p in (ctx.out_dir / s).glob(f"data-r{rank:05d}-*"):
                 p.unlink(missing_ok=True)
 
+    def _docs(self, ctx: StageContext, rank: int) -> Iterator[Document]:
+        cols = ["id", "text", "url", "fetched_at", "metadata"]
+        files = ctx.input_files()
+        if len(files) >= self.tasks:
+            yield from iter_documents([f for i, f in enumerate(files) if i % self.tasks == rank], columns=cols)
+            return
+        for i, d in enumerate(iter_documents(files, columns=cols)):
+            if i % self.tasks == rank:
+                ctx.fault_at(i)
+                yield d
+
     def run_task(self, ctx: StageContext, rank: int) -> TaskResult:
-        files = [f for i, f in enumerate(ctx.input_files()) if i % self.tasks == rank]
+        tok_path = self._tokenizer_path(ctx)
+        if not tok_path.is_file():
+            raise ConfigError(
+                f"tokenizer {str(tok_path)!r} not found: name a tokenizer stage or a tokenizer.json", path="tokenizer"
+            )
         stats = StepStats("tokenize")
         res = tokenize_to_shards(
-            iter_documents(files, columns=["id", "text", "url", "fetched_at", "metadata"]),
-            self._tokenizer_path(ctx),
+            self._docs(ctx, rank),
+            tok_path,
             ctx.out_dir,
             prefix=f"data-r{rank:05d}",
             val_fraction=self.val_fraction,
             max_shard_tokens=self.max_shard_tokens,
             batch_docs=self.batch_docs,
+            workers=self.workers,
             stats=stats,
+            should_stop=ctx.stop_requested,
         )
         extra = {f"tokens_{s}": res["tokens"][s] for s in SPLITS} | {
             f"documents_{s}": res["documents"][s] for s in SPLITS
         }
-        return TaskResult(files=res["files"], steps=[stats.to_dict()], extra=extra)
+        return TaskResult(files=res["files"], steps=[stats.to_dict()], extra=extra, partial=res["partial"])
 
     def finalize(self, ctx: StageContext, results: list[TaskResult]) -> dict[str, Any]:
         tok_path = self._tokenizer_path(ctx)
         tok = load_tokenizer(tok_path)
-        dtype = token_dtype(tok.get_vocab_size()).name
         files = [f for r in results for f in r.files]
-        write_hf_metadata(ctx.out_dir, files, dtype)
-        tokens = {s: sum(r.extra.get(f"tokens_{s}", 0) for r in results) for s in SPLITS}
-        documents = {s: sum(r.extra.get(f"documents_{s}", 0) for r in results) for s in SPLITS}
-        info = {
-            "vocab_size": tok.get_vocab_size(),
-            "eot_id": tok.token_to_id(EOT),
-            "dtype": dtype,
-            "tokenizer_sha256": sha256_file(tok_path),
-            "tokenizer_path": str(tok_path.resolve()),
-            "tokens": tokens,
-            "documents": documents,
-        }
+        per_task = [
+            {
+                "tokens": {s: r.extra.get(f"tokens_{s}", 0) for s in SPLITS},
+                "documents": {s: r.extra.get(f"documents_{s}", 0) for s in SPLITS},
+            }
+            for r in results
+        ]
+        info = _manifest_info(per_task, tok, tok_path) | {"tokenizer_path": str(tok_path.resolve())}
+        write_hf_metadata(ctx.out_dir, files, info["dtype"])
         report_path = tok_path.parent / "report.json"
         report = json.loads(report_path.read_text()) if report_path.is_file() else None
-        atomic_write_bytes(
-            ctx.out_dir / "README.md", dataset_card(info, name=ctx.run_dir.name, tokenizer_report=report).encode()
-        )
+        stats_path = ctx.out_dir / "stats" / "stats.json"
+        steps = json.loads(stats_path.read_text()).get("steps") if stats_path.is_file() else None
+        card = dataset_card(info, name=ctx.run_dir.name, tokenizer_report=report, files=files, steps=steps)
+        atomic_write_bytes(ctx.out_dir / "README.md", card.encode())
         return info
 
 
@@ -426,21 +634,41 @@ def write_token_shards(
     *,
     val_fraction: float = 0.01,
     max_shard_tokens: int = 50_000_000,
-    batch_docs: int = 512,
+    workers: int = 1,
+    batch_docs: int = 1024,
+    verify_every: int = 64,
     name: str = "tokens",
 ) -> dict[str, Any]:
-    """Library entry point: tokenize ``docs`` into ``out_dir`` with the manifest written last."""
+    """Library entry point: tokenize ``docs`` into ``out_dir`` (shards, HF metadata, card), manifest last.
+
+    ``tokenizer`` is a ``tokenizers.Tokenizer``, a tokenizer.json path or a folder holding one. Returns the
+    manifest. An existing manifest in ``out_dir`` is removed first, so a half-rewritten folder never looks done.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    for s in SPLITS:
+        for p in (out_dir / s).glob("data-*.arrow*"):
+            p.unlink()
     tok = load_tokenizer(tokenizer)
+    stats = StepStats("tokenize")
     res = tokenize_to_shards(
-        docs, tok, out_dir, val_fraction=val_fraction, max_shard_tokens=max_shard_tokens, batch_docs=batch_docs
+        docs,
+        tok,
+        out_dir,
+        val_fraction=val_fraction,
+        max_shard_tokens=max_shard_tokens,
+        batch_docs=batch_docs,
+        workers=workers,
+        verify_every=verify_every,
+        stats=stats,
     )
     write_hf_metadata(out_dir, res["files"], res["dtype"])
-    info = {k: res[k] for k in ("vocab_size", "eot_id", "dtype", "tokens", "documents")}
-    info["tokenizer_sha256"] = hashlib.sha256(tok.to_str().encode()).hexdigest()
-    atomic_write_bytes(out_dir / "README.md", dataset_card(info, name=name).encode())
-    return write_manifest(out_dir, res["files"], config={"val_fraction": val_fraction}, extra=info)
+    info = _manifest_info([res], tok, tokenizer)
+    card = dataset_card(info, name=name, files=res["files"], steps=[stats.to_dict()])
+    atomic_write_bytes(out_dir / "README.md", card.encode())
+    config = {"val_fraction": val_fraction, "max_shard_tokens": max_shard_tokens}
+    return write_manifest(out_dir, res["files"], config=config, extra=info | {"steps": [stats.to_dict()]})
 
 
 def iter_lineage(tokens_dir: Path, split: str = "train") -> Iterator[tuple[int, int, str, str | None, str | None]]:
@@ -456,3 +684,69 @@ def iter_lineage(tokens_dir: Path, split: str = "train") -> Iterator[tuple[int, 
             for i in range(batch.num_rows):
                 yield pos + int(offs[i]), pos + int(offs[i + 1]), ids[i], urls[i], times[i]
             pos += int(offs[-1])
+
+
+def document_at(tokens_dir: Path, position: int, split: str = "train") -> dict[str, Any]:
+    """The document that holds token ``position`` of ``split``'s stream: id, url, fetched_at, start, end.
+
+    ``position`` indexes the concatenation of ``token_arrays(tokens_dir, split)`` (what the trainer samples).
+    """
+    manifest = load_manifest(tokens_dir)
+    pos = 0
+    for f in manifest["files"]:
+        if not f["name"].startswith(f"{split}/"):
+            continue
+        for batch in ipc.open_stream(pa.memory_map(str(Path(tokens_dir) / f["name"]), "r")):
+            offs = batch.column(0).offsets.to_numpy()
+            if position < pos + int(offs[-1]):
+                i = int(np.searchsorted(offs, position - pos, side="right")) - 1
+                row = {k: batch.column(k)[i].as_py() for k in ("id", "url", "fetched_at")}
+                return row | {"start": pos + int(offs[i]), "end": pos + int(offs[i + 1])}
+            pos += int(offs[-1])
+    raise ConfigError(f"token {position} is past the end of {split} ({pos} tokens)", path="position")
+
+
+def export_nanogpt(tokens_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Write nanoGPT's ``train.bin``/``val.bin`` (flat uint16 little-endian) and ``meta.json``, manifest last.
+
+    nanoGPT reads ``np.memmap(path, dtype=np.uint16)``, so a vocabulary over 65,536 cannot be exported.
+    ``meta.json`` holds what nanoGPT's ``meta.pkl`` would (vocab_size, plus eot_id), as JSON: no pickles.
+    """
+    tokens_dir, out_dir = Path(tokens_dir), Path(out_dir)
+    manifest = load_manifest(tokens_dir)
+    if manifest.get("dtype") != "uint16":
+        raise ConfigError(
+            f"{tokens_dir}: ids are {manifest.get('dtype')}; nanoGPT's .bin format holds uint16 only", path="dtype"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    files = []
+    for split, name in (("train", "train.bin"), ("val", "val.bin")):
+        final = out_dir / name
+        tmp = final.with_name(name + TMP_SUFFIX)
+        n = 0
+        try:
+            with open(tmp, "wb") as fh:
+                for arr in token_arrays(tokens_dir, split):
+                    fh.write(arr.astype("<u2", copy=False).tobytes())
+                    n += len(arr)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise FatalError(f"cannot write {final}: {exc}. Check free space.") from exc
+        if n != manifest["tokens"][split]:
+            raise ShardError(f"{tokens_dir}: {split} holds {n} tokens, manifest says {manifest['tokens'][split]}")
+        files.append({"name": name, "rows": n, "bytes": final.stat().st_size, "sha256": sha256_file(final)})
+    meta = {
+        "vocab_size": manifest["vocab_size"],
+        "eot_id": manifest["eot_id"],
+        "dtype": "uint16",
+        "tokens": manifest["tokens"],
+        "tokenizer_sha256": manifest.get("tokenizer_sha256"),
+    }
+    atomic_write_json(out_dir / "meta.json", meta)
+    meta_path = out_dir / "meta.json"
+    files.append({"name": "meta.json", "rows": 0, "bytes": meta_path.stat().st_size, "sha256": sha256_file(meta_path)})
+    return write_manifest(out_dir, files, config={"from": str(tokens_dir.resolve())}, extra={"format_of": "nanogpt"})

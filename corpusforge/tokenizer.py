@@ -34,13 +34,22 @@ Algorithm = Literal["bpe", "unigram", "char"]
 def train_tokenizer(
     texts: Iterable[str],
     *,
-    algorithm: Algorithm = "bpe",
+    kind: Algorithm | None = None,
     vocab_size: int = 8192,
     special_tokens: list[str] | None = None,
     min_frequency: int = 2,
+    algorithm: Algorithm | None = None,
 ):  # type: ignore[no-untyped-def]
-    """Train a tokenizer on ``texts``. ``<|endoftext|>`` is always id 0; ``<|pad|>`` id 1 (BPE, Unigram)."""
+    """Train a tokenizer on ``texts`` (``kind``: "bpe", "unigram" or "char"; ``algorithm`` is the same).
+
+    ``<|endoftext|>`` is always id 0; ``<|pad|>`` id 1 (BPE, Unigram); ``special_tokens`` follow. "char" is a
+    vocabulary of exactly the characters seen (+ the specials), in code point order.
+    """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if kind is not None and algorithm is not None and kind != algorithm:
+        raise ConfigError(f"kind={kind!r} and algorithm={algorithm!r} disagree", path="kind")
+    algorithm = kind or algorithm or "bpe"
 
     specials = [EOT, PAD, *[s for s in (special_tokens or []) if s not in (EOT, PAD)]]
     if algorithm == "char":
@@ -56,6 +65,7 @@ def train_tokenizer(
         tok.decoder = decoders.Fuse()
         tok.add_special_tokens([s for s in specials if s in vocab])
         return tok
+    trainer: Any
     if algorithm == "bpe":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -68,11 +78,17 @@ def train_tokenizer(
             show_progress=False,
         )
     elif algorithm == "unigram":
+        # Byte-level pieces, as for BPE: lossless on any text (whitespace runs and indentation kept, no unknown
+        # characters), where Metaspace splits every space into its own piece.
         tok = Tokenizer(models.Unigram())
-        tok.pre_tokenizer = pre_tokenizers.Metaspace()
-        tok.decoder = decoders.Metaspace()
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
         trainer = trainers.UnigramTrainer(
-            vocab_size=vocab_size, special_tokens=[*specials, UNK], unk_token=UNK, show_progress=False
+            vocab_size=vocab_size,
+            special_tokens=[*specials, UNK],
+            unk_token=UNK,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         )
     else:  # pragma: no cover - validated by the recipe
         raise ConfigError(f"unknown tokenizer algorithm {algorithm!r}", path="algorithm")
@@ -84,9 +100,10 @@ def _canonical_unigram(tok):  # type: ignore[no-untyped-def]
     """Make Unigram training byte-reproducible.
 
     ``tokenizers``' Unigram trainer sums floats in hash-map order, so two runs on the same input give the same
-    pieces with scores that differ around 1e-15 and tied pieces in another order. Scores are rounded to 10
-    decimals and the non-special pieces sorted by (score descending, piece): the tokenizations are unchanged
-    in practice and the file is identical from run to run.
+    pieces with scores that differ around 1e-15 and tied pieces in another order; and it scores the required
+    characters it did not pick in hash-set order. Scores are rounded to 10 decimals, the required-character
+    run is re-dealt in name order, and the non-special pieces sorted by (score descending, piece): the
+    tokenizations are unchanged in practice and the file is identical from run to run.
     """
     from tokenizers import Tokenizer
 
@@ -94,7 +111,19 @@ def _canonical_unigram(tok):  # type: ignore[no-untyped-def]
     vocab = data["model"]["vocab"]
     specials = {a["content"] for a in data.get("added_tokens", [])}
     head = [[p, s] for p, s in vocab if p in specials]
-    rest = sorted(([p, round(s, 10)] for p, s in vocab if p not in specials), key=lambda e: (-e[1], e[0]))
+    rest = [[p, round(s, 10)] for p, s in vocab if p not in specials]
+    # Characters the trainer must keep but did not choose get scores min - 0.0001·k in hash-set order: find
+    # that run (three steps of 0.0001 in a row) and give its scores to its pieces in name order instead.
+    for i in range(len(rest) - 2):
+        a, b, c = rest[i][1], rest[i + 1][1], rest[i + 2][1]
+        if abs(a - b - 1e-4) < 1e-8 and abs(b - c - 1e-4) < 1e-8:
+            cut = a + 1e-9
+            tail = [e for e in rest if e[1] <= cut]
+            scores = sorted((e[1] for e in tail), reverse=True)
+            names = sorted(e[0] for e in tail)
+            rest = [e for e in rest if e[1] > cut] + [[n, sc] for n, sc in zip(names, scores, strict=True)]
+            break
+    rest.sort(key=lambda e: (-e[1], e[0]))
     data["model"]["vocab"] = head + rest
     pieces = [p for p, _ in data["model"]["vocab"]]
     if data["model"].get("unk_id") is not None:
@@ -129,22 +158,84 @@ def _unit(doc_id: str) -> float:
     return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "big") / 2**64
 
 
-def tokenizer_report(tok, docs: Iterable[tuple[str, str]], *, max_docs: int = 2000) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Bytes, words and characters per token and the unknown-token rate, overall and per source."""
-    unk_id = tok.token_to_id(UNK)
-    per: dict[str, Counter[str]] = {}
-    for i, (source, text) in enumerate(docs):
-        if i >= max_docs:
-            break
-        ids = tok.encode(text).ids
-        c = per.setdefault(source, Counter())
-        c["docs"] += 1
-        c["tokens"] += len(ids)
-        c["bytes"] += len(text.encode("utf-8"))
-        c["chars"] += len(text)
-        c["words"] += len(text.split())
-        if unk_id is not None:
-            c["unk"] += sum(1 for t in ids if t == unk_id)
+def _byte_level_chars() -> list[str]:
+    """GPT-2's map of the 256 byte values to the printable characters byte-level vocabularies are made of."""
+    keep = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    out, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
+def _byte_fallback_ids(tok) -> set[int]:  # type: ignore[no-untyped-def]
+    """Ids of tokens that are one lone byte of a multi-byte character (byte-level ``Ā``…, or ``<0xNN>``)."""
+    vocab = tok.get_vocab()
+    ids = {vocab[f"<0x{b:02X}>"] for b in range(256) if f"<0x{b:02X}>" in vocab}
+    if "ByteLevel" in json.dumps(json.loads(tok.to_str()).get("pre_tokenizer")):
+        chars = _byte_level_chars()
+        ids |= {vocab[chars[b]] for b in range(0x80, 0x100) if chars[b] in vocab}
+    return ids
+
+
+def tokenizer_report(  # type: ignore[no-untyped-def]
+    tok, docs: Iterable[tuple[str, str]], *, max_docs: int = 2000, reference=None
+) -> dict[str, Any]:
+    """Bytes, words and characters per token, byte-fallback and unknown rates, overall and per source.
+
+    ``docs`` yields (source, text); at most ``max_docs`` per source are measured. With a ``reference``
+    tokenizer the same figures for it follow under "reference", and ``tokens_vs_reference`` (< 1: ours is
+    shorter).
+    """
+    tokenizers_ = {"ours": tok} | ({"reference": reference} if reference is not None else {})
+    special = {name: (t.token_to_id(UNK), _byte_fallback_ids(t)) for name, t in tokenizers_.items()}
+    per: dict[str, dict[str, Counter[str]]] = {name: {} for name in tokenizers_}
+    seen: Counter[str] = Counter()
+    batch: list[tuple[str, str]] = []
+
+    def encode_all(t, texts: list[str]) -> list[list[int] | None]:  # type: ignore[no-untyped-def]
+        try:
+            return [e.ids for e in t.encode_batch(texts, add_special_tokens=False)]
+        except Exception:  # a character-level vocabulary without <unk> refuses unseen characters
+            out: list[list[int] | None] = []
+            for text in texts:
+                try:
+                    out.append(t.encode(text, add_special_tokens=False).ids)
+                except Exception:  # noqa: BLE001 - counted as unknown below
+                    out.append(None)
+            return out
+
+    def measure() -> None:
+        texts = [t for _, t in batch]
+        for name, t in tokenizers_.items():
+            unk_id, byte_ids = special[name]
+            vocab = t.get_vocab()
+            for (source, text), ids in zip(batch, encode_all(t, texts), strict=True):
+                c = per[name].setdefault(source, Counter())
+                c["docs"] += 1
+                if ids is None:  # one token per character, the unseen ones unknown
+                    c["tokens"] += len(text)
+                    c["unk"] += sum(1 for ch in text if ch not in vocab)
+                    ids = []
+                c["tokens"] += len(ids)
+                c["bytes"] += len(text.encode("utf-8"))
+                c["chars"] += len(text)
+                c["words"] += len(text.split())
+                c["unk"] += sum(1 for i in ids if i == unk_id) if unk_id is not None else 0
+                c["byte_fallback"] += sum(1 for i in ids if i in byte_ids) if byte_ids else 0
+        batch.clear()
+
+    for source, text in docs:
+        if seen[source] >= max_docs:
+            continue
+        seen[source] += 1
+        batch.append((source, text))
+        if len(batch) >= 256:
+            measure()
+    measure()
 
     def summarize(c: Counter[str]) -> dict[str, Any]:
         n = max(c["tokens"], 1)
@@ -154,13 +245,22 @@ def tokenizer_report(tok, docs: Iterable[tuple[str, str]], *, max_docs: int = 20
             "bytes_per_token": round(c["bytes"] / n, 4),
             "chars_per_token": round(c["chars"] / n, 4),
             "words_per_token": round(c["words"] / n, 4),
+            "byte_fallback_rate": round(c["byte_fallback"] / n, 6),
             "unknown_rate": round(c["unk"] / n, 6),
         }
 
-    total: Counter[str] = Counter()
-    for c in per.values():
-        total.update(c)
-    return {"overall": summarize(total), "per_source": {s: summarize(c) for s, c in sorted(per.items())}}
+    def report(by_source: dict[str, Counter[str]]) -> dict[str, Any]:
+        total: Counter[str] = Counter()
+        for c in by_source.values():
+            total.update(c)
+        return {"overall": summarize(total), "per_source": {s: summarize(c) for s, c in sorted(by_source.items())}}
+
+    out = report(per["ours"])
+    if reference is not None:
+        out["reference"] = report(per["reference"])
+        ref_tokens = max(out["reference"]["overall"]["tokens"], 1)
+        out["tokens_vs_reference"] = round(out["overall"]["tokens"] / ref_tokens, 4)
+    return out
 
 
 class TokenizerStage(Stage):
@@ -183,8 +283,12 @@ class TokenizerStage(Stage):
         min_frequency: Annotated[int, Min(1)] = 2,
         max_chars: Annotated[int, Min(1000)] = 200_000_000,
         max_doc_chars: Annotated[int, Min(100)] = 100_000,
+        reference: str | None = None,
+        report_docs: Annotated[int, Min(1)] = 2000,
     ) -> None:
         self.algorithm = algorithm
+        self.reference = reference
+        self.report_docs = report_docs
         self.vocab_size = vocab_size
         self.special_tokens = special_tokens
         self.min_frequency = min_frequency
@@ -200,13 +304,21 @@ class TokenizerStage(Stage):
             sizes[d.source] += min(len(d.text), self.max_doc_chars)
         total = sum(sizes.values()) or 1
         keep_p = {s: min(1.0, self.max_chars * (n / total) / max(n, 1)) for s, n in sizes.items()}
+        # The hash draw meets the budget on average; the hard cap (10 % over) bounds memory whatever the draw.
+        hard_cap = int(self.max_chars * 1.1)
+        taken = 0
         for d in iter_documents(files, columns=["id", "text", "source"]):
             stats.input += 1
-            if _unit(d.id) < keep_p[d.source]:
-                stats.output += 1
-                yield d.text[: self.max_doc_chars]
-            else:
+            if _unit(d.id) >= keep_p[d.source]:
                 stats.drop("not_sampled")
+            elif taken >= hard_cap:
+                stats.drop("over_budget")
+            else:
+                text = d.text[: self.max_doc_chars]
+                taken += len(text)
+                stats.output += 1
+                stats.counters["chars"] += len(text)
+                yield text
 
     def run_task(self, ctx: StageContext, rank: int) -> TaskResult:
         files = ctx.input_files()
@@ -223,8 +335,20 @@ class TokenizerStage(Stage):
         atomic_write_bytes(path, tok.to_str(pretty=True).encode("utf-8"))
         for name, data in hf_files(path).items():
             atomic_write_bytes(out / name, data)
+        reference = None
+        if self.reference:
+            from tokenizers import Tokenizer
+
+            ref = Path(self.reference)
+            ref = ref / "tokenizer.json" if ref.is_dir() else ref
+            if not ref.is_file():
+                raise ConfigError(f"reference tokenizer {str(ref)!r} not found", path="reference")
+            reference = Tokenizer.from_file(str(ref))
         report = tokenizer_report(
-            tok, ((d.source, d.text) for d in iter_documents(files, columns=["id", "text", "source"]))
+            tok,
+            ((d.source, d.text) for d in iter_documents(files, columns=["id", "text", "source"])),
+            max_docs=self.report_docs,
+            reference=reference,
         )
         report |= {"algorithm": self.algorithm, "vocab_size": tok.get_vocab_size(), "eot_id": tok.token_to_id(EOT)}
         atomic_write_json(out / "report.json", report)

@@ -32,10 +32,9 @@ def test_readme_recipe_example_runs(tmp_path, monkeypatch):
 
 
 def test_benchmark_harness_prints_table_and_last_line(capsys):
-    import sys
-
-    sys.path.insert(0, str(README.parent / "benchmarks"))
-    import _harness as h
+    # Imported through the package path: putting benchmarks/ itself on sys.path would let
+    # benchmarks/tokenize.py shadow the standard library's `tokenize` in every process spawned later.
+    from benchmarks import _harness as h
 
     h.print_table([{"what": "docs/s", "ours": 10.0, "peer": 5.0, "ratio": h.ratio(10.0, 5.0)}])
     h.print_keyvals(speedup=2.0, same_ids=True, docs=10)

@@ -18,9 +18,22 @@ log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
+    """What the crawler needs from a backend.
+
+    ``parser`` names how the crawler parses links on the pages it fetched ("lxml" or "bs4"). ``renders``
+    says when the crawler asks for a browser rendering of a page whose static fetch returned HTML:
+    "never", "always" (selenium) or "auto" (only when the static HTML yields less text than the stage's
+    ``min_text_chars``). A render is a second request to the host, so the crawler waits for the host's next
+    slot (robots and offsite were checked on the static fetch) before calling ``render``.
+    """
+
     name: str
+    parser: str
+    renders: str
 
     def fetch(self, request: FetchRequest) -> FetchResponse: ...
+
+    def render(self, request: FetchRequest) -> FetchResponse: ...
 
     def close(self) -> None: ...
 
@@ -32,8 +45,18 @@ class RequestsFetcher:
     hosts, schemes or ports; the crawler sends no credentials of its own.
     """
 
-    def __init__(self) -> None:
+    name: str = "requests"
+    parser: str = "lxml"
+    renders: str = "never"
+
+    def __init__(self, *, user_agent: str | None = None, timeout_s: float = 30.0) -> None:
+        # The crawler puts the User-Agent on every request; these are for backends that need them up front.
+        self.user_agent = user_agent
+        self.timeout_s = timeout_s
         self._sessions: dict[str, object] = {}
+
+    def render(self, request: FetchRequest) -> FetchResponse:
+        raise NotImplementedError(f"the {self.name} backend does not render pages")
 
     def _session(self, url: str):  # type: ignore[no-untyped-def]
         import requests
@@ -75,7 +98,12 @@ class RequestsFetcher:
         error = None
         try:
             # decode_content=True: the cap applies to the decompressed bytes (gzip/deflate/brotli bombs).
-            for chunk in r.raw.stream(64 * 1024, decode_content=True):
+            # read1: returns as soon as some bytes arrive, so a trickling server cannot hold one read open
+            # past the total deadline (stream() would wait for a full 64 KiB chunk).
+            while True:
+                chunk = r.raw.read1(64 * 1024, decode_content=True)
+                if not chunk:
+                    break
                 size += len(chunk)
                 if size > request.max_bytes:
                     error = "too_large"

@@ -10,6 +10,7 @@ Per-host concurrency is 1: the loop fetches one page at a time and waits for eac
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter, deque
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
-from corpusforge.crawl.frontier import Frontier
+from corpusforge.crawl.frontier import Frontier, PageRecord
 from corpusforge.crawl.page import FetchRequest, FetchResponse
 from corpusforge.crawl.robots import RobotsCache
 from corpusforge.crawl.spider import SavedPage, Spider
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 KEPT_HEADERS = ("content-type", "content-language", "last-modified", "etag", "x-robots-tag")
+# Transient failures: retried with exponential backoff until the retry budget is spent.
+RETRYABLE_ERRORS = ("timeout", "data_loss", "connection_error", "browser_crashed")
+RETRYABLE_STATUS = (429, 500, 502, 503, 504)
 
 
 @dataclass
@@ -52,6 +56,8 @@ class CrawlSettings:
     segment_pages: int
     max_pages: int | None
     honour_noai: bool = True
+    min_text_chars: int = 200  # "auto": a page with less visible text than this is rendered in the browser
+    previous: Path | None = None  # an earlier crawl's folder: conditional requests, store only what changed
 
 
 @dataclass
@@ -81,6 +87,13 @@ def _retry_after_s(value: str | None) -> float | None:
         return None
 
 
+def _charset(content_type: str) -> str | None:
+    import re
+
+    m = re.search(r"charset=[\"']?([\w-]+)", content_type or "", re.I)
+    return m.group(1).lower() if m else None
+
+
 def decode_html(body: bytes, content_type: str) -> str:
     """Decode with the header charset, else a meta charset, else detection (charset-normalizer)."""
     import re
@@ -105,6 +118,21 @@ def decode_html(body: bytes, content_type: str) -> str:
 
         best = from_bytes(body).best()
         return str(best) if best is not None else body.decode("utf-8", errors="replace")
+
+
+def visible_text_chars(html: str) -> int:
+    """Characters of visible text (scripts, styles and templates excluded), whitespace collapsed."""
+    import lxml.html
+
+    if not html.strip():
+        return 0
+    try:
+        root = lxml.html.fromstring(html)
+    except (ValueError, lxml.etree.ParserError):
+        return 0
+    for bad in root.xpath("//script|//style|//noscript|//template"):
+        bad.drop_tree()
+    return len(" ".join(root.text_content().split()))
 
 
 def _optouts(headers: dict[str, str], html: str) -> list[str]:
@@ -141,6 +169,14 @@ class Crawler:
         self.seeds = seeds or spider.seeds
         self.backend_name = backend_name or getattr(backend, "name", "?")
         self.frontier = Frontier(ctx.out_dir / "state")
+        self.parser = getattr(backend, "parser", "lxml")
+        self.previous: dict[str, PageRecord] = {}
+        if settings.previous is not None:
+            old = Frontier(settings.previous / "state", readonly=True)
+            try:
+                self.previous = old.pages()
+            finally:
+                old.close()
         self.robots = RobotsCache(
             backend,
             agent_token=settings.agent_token,
@@ -152,6 +188,8 @@ class Crawler:
         # Pending (not yet committed) state of the current segment.
         self.pending_done: list[tuple[str, str | None]] = []
         self.pending_new: list[tuple[str, int]] = []
+        self.pending_pages: list[tuple[str, str | None, str | None, str, list[str]]] = []
+        self.stored_committed = 0
         self.pending_counts: dict[str, Counter[str]] = {"drop": Counter(), "count": Counter()}
         self.seen: set[str] = set()
         self.queue: deque[_Item] = deque()
@@ -168,6 +206,7 @@ class Crawler:
                 log.info("removing uncommitted segment %s", p.name)
                 p.unlink()
         self.segment_no = len(recorded)
+        self.stored_committed = self.frontier.counters("count")["stored"]
         for (url,) in self.frontier.db.execute("SELECT url FROM urls"):
             self.seen.add(url)
         for url, depth in self.frontier.queued(10**9):
@@ -188,14 +227,19 @@ class Crawler:
             self.writer = None
             self.segment_no += 1
         self.frontier.commit(
-            segment=segment, done=self.pending_done, new=self.pending_new, counters=self.pending_counts
+            segment=segment,
+            done=self.pending_done,
+            new=self.pending_new,
+            counters=self.pending_counts,
+            pages=self.pending_pages,
         )
-        self.pending_done, self.pending_new = [], []
+        self.stored_committed += self.pending_counts["count"]["stored"]
+        self.pending_done, self.pending_new, self.pending_pages = [], [], []
         self.pending_counts = {"drop": Counter(), "count": Counter()}
         self.in_segment = 0
 
     def _stored_total(self) -> int:
-        return self.frontier.counters("count")["stored"] + self.pending_counts["count"]["stored"]
+        return self.stored_committed + self.pending_counts["count"]["stored"]
 
     # ------------------------------------------------------------------ link admission
     def _admit(self, url: str, depth: int) -> None:
@@ -253,24 +297,51 @@ class Crawler:
             delay = max(delay, float(rules.crawl_delay_s))
         return delay
 
-    def _fetch(self, url: str, host: str, delay: float) -> FetchResponse:
+    def _request(self, url: str, previous: PageRecord | None = None) -> FetchRequest:
+        # Only our own headers: no credentials, cookies or proxy auth are ever added by the crawler.
         headers = {"User-Agent": self.s.user_agent, "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"}
-        self.host_next[host] = time.monotonic() + delay
-        resp = self.backend.fetch(
-            FetchRequest(
-                url,
-                headers=headers,
-                max_bytes=self.s.max_bytes,
-                timeout_s=self.s.timeout_s,
-                max_redirects=self.s.max_redirects,
-            )
+        if previous is not None:
+            if previous.etag:
+                headers["If-None-Match"] = previous.etag
+            if previous.last_modified:
+                headers["If-Modified-Since"] = previous.last_modified
+        return FetchRequest(
+            url, headers=headers, max_bytes=self.s.max_bytes, timeout_s=self.s.timeout_s, max_redirects=self.s.max_redirects
         )
+
+    def _fetch(self, url: str, host: str, delay: float, previous: PageRecord | None = None) -> FetchResponse:
+        self.host_next[host] = time.monotonic() + delay
+        resp = self.backend.fetch(self._request(url, previous))
         # The delay counts between request starts; a slow response does not shorten it.
         self._count("requests")
         self._count("bytes", len(resp.body))
         if resp.status:
             self._count(f"status_{resp.status}")
         return resp
+
+    def _retry_or_drop(self, item: _Item, host: str, delay: float, resp: FetchResponse, prefix: str = "") -> None:
+        """A transient failure: requeue with backoff (and Retry-After), or drop once the budget is spent."""
+        retry_after = _retry_after_s(resp.headers.get("retry-after")) if resp.status in (429, 503) else None
+        if retry_after is not None and retry_after > self.s.max_retry_after_s:
+            self._drop(item.url, "retry_after_too_long")
+            return
+        if item.tries >= self.s.max_retries:
+            self._drop(item.url, prefix + (resp.error or f"http_{resp.status}"))
+            return
+        backoff = self.s.backoff_s * (2**item.tries)
+        # Retry-After and the backoff hold the whole host back, not only this URL.
+        self.host_next[host] = max(self.host_next.get(host, 0.0), time.monotonic() + max(retry_after or 0.0, backoff, delay))
+        self._count("retries")
+        self.queue.append(_Item(item.url, item.depth, item.tries + 1))
+
+    def _needs_render(self, html: str) -> bool:
+        mode = getattr(self.backend, "renders", "never")
+        if mode == "always":
+            return True
+        if mode == "auto" and visible_text_chars(html) < self.s.min_text_chars:
+            self._count("escalations")
+            return True
+        return False
 
     def _process(self, item: _Item) -> None:
         url = item.url
@@ -292,27 +363,22 @@ class Crawler:
                 log.warning(
                     "%s asks for a Crawl-delay above the cap of %.0f s: host skipped", host, self.s.max_crawl_delay_s
                 )
+                self._count("hosts_skipped")
                 self._drop(item.url, "crawl_delay_too_long")
                 return
             if not self._wait_for(host):
                 self.queue.appendleft(item)  # stop requested: still queued in the frontier
                 return
-            resp = self._fetch(url, host, delay)
-            if resp.error in ("timeout", "data_loss", "connection_error") or resp.status in (429, 500, 502, 503, 504):
-                retry_after = _retry_after_s(resp.headers.get("retry-after")) if resp.status in (429, 503) else None
-                if retry_after is not None and retry_after > self.s.max_retry_after_s:
-                    self._drop(item.url, "retry_after_too_long")
-                    return
-                if item.tries >= self.s.max_retries:
-                    self._drop(item.url, resp.error or f"http_{resp.status}")
-                    return
-                backoff = self.s.backoff_s * (2**item.tries)
-                self.host_next[host] = time.monotonic() + max(retry_after or 0.0, backoff, delay)
-                self._count("retries")
-                self.queue.append(_Item(item.url, item.depth, item.tries + 1))
+            previous = self.previous.get(url) if hops == 0 else None
+            resp = self._fetch(url, host, delay, previous)
+            if resp.error in RETRYABLE_ERRORS or resp.status in RETRYABLE_STATUS:
+                self._retry_or_drop(item, host, delay, resp)
                 return
             if resp.error:
                 self._drop(item.url, resp.error)
+                return
+            if resp.status == 304 and previous is not None:
+                self._unchanged(item, previous, "not_modified")
                 return
             if resp.status in (301, 302, 303, 307, 308):
                 location = resp.headers.get("location")
@@ -346,26 +412,70 @@ class Crawler:
             if ctype and ctype not in HTML_TYPES:
                 self._drop(item.url, "content_type")
                 return
-            html = (
-                resp.rendered_html
-                if resp.rendered_html is not None
-                else decode_html(resp.body, resp.headers.get("content-type", ""))
-            )
+            html = decode_html(resp.body, resp.headers.get("content-type", ""))
             flags = _optouts(resp.headers, html)
             if self.s.honour_noai and ("noai" in flags or "noindex" in flags):
                 self._drop(item.url, "optout_noai" if "noai" in flags else "optout_noindex")
                 return
-            self._store(item, url, resp, html, flags)
+            digest = hashlib.sha1(resp.body).hexdigest()
+            if previous is not None and previous.sha1 == digest:
+                self._unchanged(item, previous, "unchanged")
+                return
+            rendered = False
+            if self._needs_render(html):
+                # The render is a second request to the same host: wait for its slot like any other.
+                if not self._wait_for(host):
+                    self.queue.appendleft(item)
+                    return
+                self.host_next[host] = time.monotonic() + delay
+                r = self.backend.render(self._request(url))
+                if r.started_s is not None:  # the browser had to start first: the slot counts from the request
+                    self.host_next[host] = max(self.host_next[host], r.started_s + delay)
+                self._count("renders")
+                if r.error:
+                    if r.error in RETRYABLE_ERRORS:
+                        self._retry_or_drop(item, host, delay, r, prefix="render_")
+                    else:
+                        self._drop(item.url, "render_" + r.error)
+                    return
+                final = canonicalize(r.final_url) if scheme_ok(r.final_url) else r.final_url
+                if final != url and (not scheme_ok(final) or not domain_allowed(final, self.spider.allowed_domains)):
+                    self._drop(item.url, "offsite_redirect")  # the page's scripts navigated away
+                    return
+                html = r.rendered_html or ""
+                rendered = True
+                flags = sorted(set(flags) | set(_optouts({}, html)))
+                if self.s.honour_noai and ("noai" in flags or "noindex" in flags):
+                    self._drop(item.url, "optout_noai" if "noai" in flags else "optout_noindex")
+                    return
+            links: list[str] = []
             if item.depth < self.spider.max_depth + 1:
-                for link in self.spider.parse(SavedPage(url=url, html=html)):
-                    self._admit(link, item.depth + 1)
+                links = self.spider.parse(SavedPage(url=url, html=html, parser=self.parser))
+            self._store(item, url, resp, html, flags, rendered=rendered)
+            self.pending_pages.append((item.url, resp.headers.get("etag"), resp.headers.get("last-modified"), digest, links))
+            for link in links:
+                self._admit(link, item.depth + 1)
             return
 
-    def _store(self, item: _Item, final_url: str, resp: FetchResponse, html: str, flags: list[str]) -> None:
+    def _unchanged(self, item: _Item, previous: PageRecord, reason: str) -> None:
+        """A re-crawl found the page as it was: nothing stored, but its links are followed as before."""
+        self._drop(item.url, reason)
+        self.pending_pages.append((item.url, previous.etag, previous.last_modified, previous.sha1, previous.links))
+        for link in previous.links:
+            self._admit(link, item.depth + 1)
+
+    def _store(
+        self, item: _Item, final_url: str, resp: FetchResponse, html: str, flags: list[str], *, rendered: bool = False
+    ) -> None:
         if self.writer is None:
             self.writer = ShardWriter(self.ctx.out_dir, f"seg-{self.segment_no:05d}", max_bytes=1 << 40)
         headers = {k: v for k, v in resp.headers.items() if k in KEPT_HEADERS}
-        meta: dict[str, Any] = {"headers": headers, "depth": item.depth}
+        meta: dict[str, Any] = {"headers": headers, "depth": item.depth, "bytes": len(resp.body)}
+        charset = _charset(resp.headers.get("content-type", ""))
+        if charset:
+            meta["charset"] = charset
+        if rendered:
+            meta["rendered"] = True
         if self.spider.selectors:
             meta["selectors"] = self.spider.selectors
         doc = Document(
@@ -389,6 +499,28 @@ class Crawler:
             self._commit()
 
     # ------------------------------------------------------------------ the loop
+    def _next_item(self) -> _Item:
+        """The first queued URL whose host may be fetched now (looking a bounded way ahead), else the head.
+
+        With several hosts, one host's delay does not stall the others; per-host order is kept.
+        """
+        now = time.monotonic()
+        head_host = host_key(self.queue[0].url)
+        if self.host_next.get(head_host, 0.0) <= now:
+            return self.queue.popleft()
+        blocked = {head_host}
+        for i, item in enumerate(self.queue):
+            if i >= 256:
+                break
+            h = host_key(item.url)
+            if h in blocked:
+                continue
+            if self.host_next.get(h, 0.0) <= now:
+                del self.queue[i]
+                return item
+            blocked.add(h)
+        return self.queue.popleft()
+
     def run(self) -> CrawlOutcome:
         self._recover()
         if self.frontier.is_empty():
@@ -408,7 +540,7 @@ class Crawler:
                 if self.s.max_pages is not None and self._stored_total() >= self.s.max_pages:
                     self._count("stopped_at_max_pages")
                     break
-                self._process(self.queue.popleft())
+                self._process(self._next_item())
             self._commit()
         finally:
             if self.writer is not None:
@@ -431,6 +563,10 @@ class Crawler:
             "pages_fetched": counts["stored"],
             "requests": counts["requests"],
             "robots_skips": counts["robots_skips"],
+            "retries": counts["retries"],
+            "escalations": counts["escalations"],
+            "renders": counts["renders"],
+            "bytes": counts["bytes"],
             "crawl_seconds": round(time.time() - t0, 2),
         }
         return CrawlOutcome(partial=partial, files=files, stats=stats, extra=extra)

@@ -13,6 +13,7 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,30 @@ CREATE TABLE IF NOT EXISTS urls (
 CREATE INDEX IF NOT EXISTS urls_state ON urls(state, id);
 CREATE TABLE IF NOT EXISTS segments (name TEXT PRIMARY KEY, rows INTEGER, bytes INTEGER, sha256 TEXT);
 CREATE TABLE IF NOT EXISTS counters (kind TEXT, key TEXT, value INTEGER, PRIMARY KEY (kind, key));
-CREATE TABLE IF NOT EXISTS validators (url TEXT PRIMARY KEY, etag TEXT, last_modified TEXT, id TEXT);
+-- What a re-crawl needs of each stored page: validators for conditional requests, a body hash to tell an
+-- unchanged page, and its links (a 304 has no body to find them in).
+CREATE TABLE IF NOT EXISTS pages (url TEXT PRIMARY KEY, etag TEXT, last_modified TEXT, sha1 TEXT, links TEXT);
 """
 
 
+@dataclass
+class PageRecord:
+    etag: str | None
+    last_modified: str | None
+    sha1: str
+    links: list[str]
+
+
 class Frontier:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, readonly: bool = False) -> None:
+        if readonly:
+            from corpusforge.errors import ConfigError
+
+            file = state_dir / "frontier.sqlite"
+            if not file.is_file():
+                raise ConfigError(f"{file} not found: 'previous' must name an earlier crawl's folder")
+            self.db = sqlite3.connect(f"file:{file}?mode=ro", uri=True, isolation_level=None)
+            return
         state_dir.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(state_dir / "frontier.sqlite", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -58,9 +77,9 @@ class Frontier:
     def counters(self, kind: str) -> Counter[str]:
         return Counter(dict(self.db.execute("SELECT key, value FROM counters WHERE kind = ?", (kind,)).fetchall()))
 
-    def validators(self, url: str) -> tuple[str | None, str | None, str | None]:
-        row = self.db.execute("SELECT etag, last_modified, id FROM validators WHERE url = ?", (url,)).fetchone()
-        return (row[0], row[1], row[2]) if row else (None, None, None)
+    def pages(self) -> dict[str, PageRecord]:
+        rows = self.db.execute("SELECT url, etag, last_modified, sha1, links FROM pages").fetchall()
+        return {u: PageRecord(e, lm, h, json.loads(links)) for u, e, lm, h, links in rows}
 
     def is_empty(self) -> bool:
         return self.db.execute("SELECT COUNT(*) FROM urls").fetchone()[0] == 0
@@ -73,7 +92,7 @@ class Frontier:
         done: Iterable[tuple[str, str | None]],
         new: Iterable[tuple[str, int]],
         counters: dict[str, Counter[str]],
-        validators: Iterable[tuple[str, str | None, str | None, str]] = (),
+        pages: Iterable[tuple[str, str | None, str | None, str, list[str]]] = (),
     ) -> None:
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
@@ -93,7 +112,10 @@ class Frontier:
                         "INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT(kind, key) DO UPDATE SET value = value + ?",
                         (kind, key, v, v),
                     )
-            cur.executemany("INSERT OR REPLACE INTO validators VALUES (?, ?, ?, ?)", list(validators))
+            cur.executemany(
+                "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, ?)",
+                [(u, e, lm, h, json.dumps(links)) for u, e, lm, h, links in pages],
+            )
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")

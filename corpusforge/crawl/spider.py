@@ -38,6 +38,7 @@ from corpusforge.recipe import check_value
 class SavedPage:
     url: str
     html: str
+    parser: str = "lxml"  # how links are parsed: "lxml" or "bs4" (the backend's parser)
 
 
 @dataclass
@@ -64,16 +65,19 @@ class Spider:
 
     def parse(self, page: SavedPage) -> list[str]:
         """Links on a page (absolute, not yet filtered). Pure: override in a Python spider if needed."""
-        return extract_links(page.html, page.url)
+        return extract_links(page.html, page.url, parser=page.parser)
 
 
-def extract_links(html: str, base_url: str) -> list[str]:
-    import lxml.html
-
+def extract_links(html: str, base_url: str, *, parser: str = "lxml") -> list[str]:
+    """Absolute URLs of ``<a href>`` links, honouring ``<base href>``; ``parser`` is "lxml" or "bs4"."""
     from corpusforge.crawl.urls import resolve
 
     if not html.strip():
         return []
+    if parser == "bs4":
+        return _links_bs4(html, base_url)
+    import lxml.html
+
     try:
         root = lxml.html.fromstring(html)
     except (ValueError, lxml.etree.ParserError):
@@ -82,6 +86,23 @@ def extract_links(html: str, base_url: str) -> list[str]:
     out = []
     for href in root.xpath("//a[@href]/@href"):
         u = resolve(str(base), str(href))
+        if u:
+            out.append(u)
+    return out
+
+
+def _links_bs4(html: str, base_url: str) -> list[str]:
+    from corpusforge.crawl.urls import resolve
+    from corpusforge.errors import require
+
+    bs4 = require("bs4", "bs4")
+    # html.parser: pure Python, so "requests+bs4" does not depend on lxml for parsing.
+    soup = bs4.BeautifulSoup(html, "html.parser")
+    base_tag = soup.find("base", href=True)
+    base = str(base_tag["href"]) if base_tag is not None else base_url
+    out = []
+    for a in soup.find_all("a", href=True):
+        u = resolve(base, str(a["href"]))
         if u:
             out.append(u)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from corpusforge.errors import ConfigError
@@ -19,6 +20,9 @@ class CrawlStage(Stage):
     for more is skipped and reported), ``Retry-After`` honoured up to 300 s, 3 retries with exponential
     backoff from 1 s. Safety defaults: 5 MiB decompressed body cap, a 30 s total deadline per fetch,
     5 redirects, URLs up to 2,048 characters, a path segment repeated at most 3 times.
+    ``backend="auto"`` fetches statically and renders in headless Chromium only pages whose static HTML has
+    fewer than ``min_text_chars`` characters of visible text. ``previous`` names an earlier crawl's folder: a
+    scheduled re-crawl sends conditional requests (ETag / Last-Modified) and stores only pages that changed.
     ``max_pages`` ends the crawl normally after that many stored pages; the CLI's ``--max-pages`` instead
     stops it as "partial", resumable.
     """
@@ -46,6 +50,8 @@ class CrawlStage(Stage):
         max_repeated_segments: Annotated[int, Min(1)] = 3,
         segment_pages: Annotated[int, Min(1)] = 100,
         honour_noai: bool = True,
+        min_text_chars: Annotated[int, Min(0)] = 200,
+        previous: str | None = None,
     ) -> None:
         self._params = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.spider = spider
@@ -66,6 +72,8 @@ class CrawlStage(Stage):
         self.max_repeated_segments = max_repeated_segments
         self.segment_pages = segment_pages
         self.honour_noai = honour_noai
+        self.min_text_chars = min_text_chars
+        self.previous = previous
 
     def validate(self, path: str) -> None:
         from corpusforge.crawl.spider import load_spider
@@ -73,7 +81,17 @@ class CrawlStage(Stage):
         from corpusforge.registry import BACKENDS
 
         spider = load_spider(self.spider, path=f"{path}.spider")
-        BACKENDS.get(self.backend, path=f"{path}.backend")
+        backend_cls = BACKENDS.get(self.backend, path=f"{path}.backend")
+        check = getattr(backend_cls, "check_available", None)
+        if check is not None:
+            try:
+                check()
+            except Exception as exc:  # a missing browser or extra: refuse before anything starts
+                raise ConfigError(str(exc), path=f"{path}.backend") from exc
+        if self.previous is not None and not (Path(self.previous) / "state" / "frontier.sqlite").is_file():
+            raise ConfigError(
+                f"{self.previous!r} is not an earlier crawl's folder (no state/frontier.sqlite)", path=f"{path}.previous"
+            )
         for i, seed in enumerate(self.seeds or spider.seeds):
             if not scheme_ok(seed):
                 raise ConfigError(f"seed {seed!r}: only http and https URLs can be crawled", path=f"{path}.seeds[{i}]")
@@ -90,7 +108,7 @@ class CrawlStage(Stage):
         from corpusforge.registry import BACKENDS
 
         spider = load_spider(self.spider)
-        backend = BACKENDS.get(self.backend)()
+        backend = BACKENDS.get(self.backend)(user_agent=self.user_agent, timeout_s=self.timeout_s)
         settings = CrawlSettings(
             user_agent=self.user_agent,
             agent_token=self.agent_token,
@@ -107,6 +125,8 @@ class CrawlStage(Stage):
             segment_pages=self.segment_pages,
             max_pages=self.max_pages,
             honour_noai=self.honour_noai,
+            min_text_chars=self.min_text_chars,
+            previous=Path(self.previous) if self.previous else None,
         )
         outcome = Crawler(spider, backend, settings, ctx, seeds=self.seeds, backend_name=self.backend).run()
         return TaskResult(

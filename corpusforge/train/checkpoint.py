@@ -69,6 +69,7 @@ def save(
     state: dict[str, Any],
     *,
     keep: int = 3,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     from safetensors.torch import save_file
 
@@ -81,6 +82,7 @@ def save(
     save_file(weights, str(tmp / "model.safetensors"))
     otensors, ometa = _optim_tensors(optimizer)
     otensors["rng.torch"] = torch.get_rng_state()
+    otensors.update(extra_tensors or {})  # e.g. "rng.cuda"
     save_file(otensors, str(tmp / "optim.safetensors"))
     for name in ("model.safetensors", "optim.safetensors"):
         with open(tmp / name, "rb") as fh:
@@ -129,9 +131,13 @@ def load_one(path: Path) -> Loaded:
     return Loaded(path, state, model, optim)
 
 
-def load_latest(folder: Path) -> Loaded | None:
-    """The newest checkpoint that loads and verifies; corrupt ones are reported and skipped."""
-    for tmp in folder.glob(f"{PREFIX}*.tmp") if folder.is_dir() else []:
+def load_latest(folder: Path, *, clean: bool = True) -> Loaded | None:
+    """The newest checkpoint that loads and verifies; corrupt ones are reported and skipped.
+
+    ``clean`` removes the ``*.tmp`` folders of interrupted saves (only the process that writes checkpoints
+    should: under DDP, rank 0).
+    """
+    for tmp in folder.glob(f"{PREFIX}*.tmp") if (clean and folder.is_dir()) else []:
         shutil.rmtree(tmp, ignore_errors=True)  # an interrupted save
     for path in list_checkpoints(folder):
         try:

@@ -65,33 +65,55 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def sample(
-        out: Annotated[Path, typer.Argument(help="A training output folder (with checkpoints/)")],
+        out: Annotated[Path, typer.Argument(help="A training output folder (with checkpoints/) or one checkpoint")],
         prompt: Annotated[str, typer.Option(help="Text to continue")] = "",
         max_new_tokens: Annotated[int, typer.Option(min=1)] = 200,
         temperature: Annotated[float, typer.Option(min=0.0)] = 0.8,
         top_k: Annotated[int, typer.Option(min=1)] = 50,
         seed: int = 0,
+        tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.json (default: found from the tokens)")] = None,
     ) -> None:
         """Generate text from the newest good checkpoint."""
         from corpusforge.cli import guarded
-        from corpusforge.errors import ConfigError
+        from corpusforge.errors import require
 
         def go() -> int:
-            from corpusforge.train import checkpoint as ckpt
-            from corpusforge.train.model import GPT, GPTConfig
-            from corpusforge.train.train import sample_text
+            require("torch", "train")
+            from corpusforge.train.sample import load_model, sample_text
 
-            loaded = ckpt.load_latest(out / "checkpoints")
-            if loaded is None:
-                raise ConfigError(f"no loadable checkpoint in {out / 'checkpoints'}", path="CKPT")
-            model = GPT(GPTConfig(**loaded.state["model"]))
-            model.load_state_dict(loaded.model, strict=False)
-            tokens_dir = Path(loaded.state["tokens_dir"])
+            model, state = load_model(out)
             typer.echo(
                 sample_text(
-                    model, tokens_dir, max_new_tokens, prompt=prompt, temperature=temperature, top_k=top_k, seed=seed
+                    model,
+                    Path(state["tokens_dir"]),
+                    max_new_tokens,
+                    prompt=prompt,
+                    temperature=temperature,
+                    top_k=top_k,
+                    seed=seed,
+                    tokenizer_path=tokenizer,
                 )
             )
+            return DONE
+
+        raise typer.Exit(guarded(go))
+
+    @app.command()
+    def export(
+        out: Annotated[Path, typer.Argument(help="A training output folder (with checkpoints/)")],
+        dest: Annotated[Path, typer.Argument(help="Folder to write (transformers GPT-2 format, safetensors)")],
+        tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.json (default: found from the tokens)")] = None,
+    ) -> None:
+        """Export the newest good checkpoint for transformers' GPT2LMHeadModel and AutoTokenizer."""
+        from corpusforge.cli import guarded
+        from corpusforge.errors import require
+
+        def go() -> int:
+            require("torch", "train")
+            from corpusforge.train.export import export_gpt2
+
+            path = export_gpt2(out, dest, tokenizer_path=tokenizer)
+            typer.echo(f"wrote {path}: GPT2LMHeadModel.from_pretrained({str(path)!r})")
             return DONE
 
         raise typer.Exit(guarded(go))

@@ -42,7 +42,11 @@ class TokenData:
         starts = (
             self.rng.random(batch_size) * (np.array([len(self.arrays[w]) for w in which]) - self.block_size - 1)
         ).astype(np.int64)
-        rows = np.stack([self.arrays[w][s : s + self.block_size + 1] for w, s in zip(which, starts, strict=True)])
+        span = np.arange(self.block_size + 1)
+        if len(self.arrays) == 1:  # one gather from the memory map: (batch, block_size + 1)
+            rows = self.arrays[0][starts[:, None] + span]
+        else:
+            rows = np.stack([self.arrays[w][s + span] for w, s in zip(which, starts, strict=True)])
         t = torch.from_numpy(rows.astype(np.int64))
         x, y = t[:, :-1].contiguous(), t[:, 1:].contiguous()
         if device != "cpu":

@@ -5,8 +5,9 @@ token embedding + positional encoding (learned, or the fixed sinusoidal table of
 residual] → final LayerNorm → output head tied to the token embedding.
 
 Shapes: B = batch, T = sequence length (≤ block_size), C = n_embd, H = n_head, D = C / H.
-The math matches GPT-2 (LayerNorm, GELU with the tanh approximation, pre-norm blocks, tied head), so a
-model with learned positions exports to ``transformers.GPT2LMHeadModel`` exactly (see export.py).
+The math is GPT-2's (pre-norm blocks, LayerNorm eps 1e-5, tied head; GELU exact as in nanoGPT, or with
+GPT-2's tanh approximation), so every config exports to ``transformers.GPT2LMHeadModel`` exactly (export.py):
+absent biases are zeros there, and a sinusoidal table is written into GPT-2's learned position table.
 """
 
 from __future__ import annotations
@@ -30,9 +31,21 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2 has them; nanoGPT's small configs don't)
     pos_encoding: Literal["learned", "sinusoidal"] = "learned"
+    # "gelu": exact erf GELU (nanoGPT; faster on CPU); "gelu_tanh": GPT-2's tanh approximation ("gelu_new").
+    activation: Literal["gelu", "gelu_tanh"] = "gelu"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        # Checkpoints written before ``activation`` existed used the tanh approximation.
+        return cls(**({"activation": "gelu_tanh"} | d))
+
+
+def dropout(p: float) -> nn.Module:
+    """nn.Dropout, or nothing at all when p = 0 (saves a pass over the activations)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
 def sinusoidal_table(block_size: int, n_embd: int) -> torch.Tensor:
@@ -54,7 +67,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
-        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.resid_drop = dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -73,10 +86,12 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+        self.drop = dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        # (B, T, C) → (B, T, 4C) → (B, T, C)
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):
@@ -101,7 +116,7 @@ class GPT(nn.Module):
             self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         else:
             self.register_buffer("pos_table", sinusoidal_table(cfg.block_size, cfg.n_embd), persistent=False)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)

@@ -25,6 +25,7 @@ class TrainStage(Stage):
         dropout: Annotated[float, Min(0), Max(0.9)] = 0.0,
         bias: bool = False,
         pos_encoding: Literal["learned", "sinusoidal"] = "learned",
+        activation: Literal["gelu", "gelu_tanh"] = "gelu",
         batch_size: Annotated[int, Min(1)] = 12,
         grad_accum: Annotated[int, Min(1)] = 1,
         max_iters: Annotated[int, Min(1)] = 2000,

@@ -9,10 +9,18 @@ before any checkpoint of that state is written.
 
 Exact resume: the data cursor (sampler RNG), the torch RNG (dropout), the optimizer moments and the step are
 all in the checkpoint; evaluation draws from its own generator, so it never shifts the training batches.
+
+Per-step losses stay on the device and are read back every ``log_interval`` iterations (one host sync, and
+one all-reduce under DDP, per interval); the NaN check runs on each read-back and always before a checkpoint.
+
+Data parallel: under ``torchrun`` (WORLD_SIZE > 1) each process draws its own windows (seed + rank), DDP
+averages the gradients (gloo on CPU, NCCL on GPUs), rank 0 writes metrics and checkpoints, and the
+checkpoint holds every rank's data cursor, gathered as JSON bytes in a uint8 tensor (no pickles).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -23,12 +31,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from corpusforge.errors import ConfigError, DivergedError
 from corpusforge.train import checkpoint as ckpt
 from corpusforge.train.data import TokenData, data_fingerprint
 from corpusforge.train.model import GPT, GPTConfig
+from corpusforge.train.sample import find_tokenizer, sample_text
+
+__all__ = ["TrainConfig", "TrainResult", "find_tokenizer", "lr_at", "sample_text", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +55,7 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = False
     pos_encoding: Literal["learned", "sinusoidal"] = "learned"
+    activation: Literal["gelu", "gelu_tanh"] = "gelu"
     # optimization (defaults: nanoGPT's shakespeare-char CPU example)
     batch_size: int = 12
     grad_accum: int = 1
@@ -78,6 +91,7 @@ class TrainConfig:
             dropout=self.dropout,
             bias=self.bias,
             pos_encoding=self.pos_encoding,
+            activation=self.activation,
         )
 
 
@@ -91,7 +105,7 @@ class TrainResult:
     wall_s: float = 0.0
     sample: str = ""
     checkpoint: Path | None = None
-    mfu: float = 0.0
+    flops_per_s: float = 0.0  # model FLOPs (6N + 12LCT per token) per second of the loop's wall time
 
 
 def lr_at(it: int, cfg: TrainConfig) -> float:
@@ -114,9 +128,7 @@ def _device(cfg: TrainConfig) -> str:
 
 
 def _autocast(device: str, dtype: str):  # type: ignore[no-untyped-def]
-    import contextlib
-
-    if device != "cuda":
+    if not device.startswith("cuda"):
         return contextlib.nullcontext()  # float32 on the CPU
     dt = {
         "auto": torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
@@ -184,6 +196,10 @@ def _plot(out_dir: Path) -> None:
     os.replace(tmp, out_dir / "loss.png")
 
 
+def _noop(*_: Any, **__: Any) -> None:
+    return None
+
+
 def _bytes_per_token(tokens_dir: Path) -> float | None:
     manifest = json.loads((tokens_dir / "manifest.json").read_text())
     tok = manifest.get("tokenizer_path")
@@ -192,6 +208,23 @@ def _bytes_per_token(tokens_dir: Path) -> float | None:
         if report.is_file():
             return float(json.loads(report.read_text())["overall"].get("bytes_per_token") or 0) or None
     return manifest.get("bytes_per_token")
+
+
+def _gather_json(obj: Any, world: int) -> list[Any]:
+    """Every rank's ``obj`` (JSON-serializable), in rank order: JSON bytes in a padded uint8 tensor, no pickle."""
+    import torch.distributed as dist
+
+    if world == 1:
+        return [obj]
+    data = torch.tensor(list(json.dumps(obj).encode()), dtype=torch.uint8)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([data.numel()]))
+    n = int(max(s.item() for s in sizes))
+    padded = torch.zeros(n, dtype=torch.uint8)
+    padded[: data.numel()] = data
+    bufs = [torch.zeros(n, dtype=torch.uint8) for _ in range(world)]
+    dist.all_gather(bufs, padded)
+    return [json.loads(bytes(b[: int(s.item())].tolist())) for b, s in zip(bufs, sizes, strict=True)]
 
 
 def train(
@@ -206,25 +239,36 @@ def train(
 ) -> TrainResult:
     tokens_dir, out_dir = Path(tokens_dir), Path(out_dir)
     manifest = json.loads((tokens_dir / "manifest.json").read_text())
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = _device(cfg)
+    # Multi-process data parallel (torchrun sets WORLD_SIZE/RANK/LOCAL_RANK): gloo on CPU, NCCL on GPUs.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        if device == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(device)
+    master = rank == 0
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    say = (lambda *a: None) if quiet else print
+    say = (lambda *a: None) if (quiet or not master) else print
     torch.manual_seed(cfg.seed)
     mcfg = cfg.model_config(int(manifest["vocab_size"]))
     model = GPT(mcfg).to(device)
-    opt_kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2)}
-    if device == "cuda":
-        opt_kwargs["fused"] = True
+    # Fused AdamW: one kernel per step over all parameters (CPU and CUDA); the update is the same AdamW.
+    opt_kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "fused": True}
     optimizer = torch.optim.AdamW(model.param_groups(cfg.weight_decay), **opt_kwargs)
-    train_data = TokenData(tokens_dir, "train", cfg.block_size, cfg.seed)
+    train_data = TokenData(tokens_dir, "train", cfg.block_size, cfg.seed + rank)  # each rank its own windows
     fingerprint = data_fingerprint(tokens_dir)
     ck_dir = out_dir / "checkpoints"
     step = 0
-    loaded = ckpt.load_latest(ck_dir)
+    loaded = ckpt.load_latest(ck_dir, clean=master)
     if loaded is not None:
         st = loaded.state
         if st.get("data_fingerprint") != fingerprint and not force:
@@ -233,38 +277,56 @@ def train(
                 "use --force to resume on the new data, or a new --out folder",
                 path="tokens",
             )
-        if st.get("model") != mcfg.to_dict():
+        if GPTConfig.from_dict(st["model"]) != mcfg:
             raise ConfigError(
                 f"checkpoint {loaded.path} was made with another model config; use a new --out", path="model"
             )
-        model.load_state_dict(loaded.model, strict=False)
+        states = st.get("data_states") or [st["data_state"]]
+        if len(states) != world:
+            raise ConfigError(
+                f"checkpoint {loaded.path.name} was written by {len(states)} process(es), this run has {world}; "
+                "resume with the same number of processes",
+                path="WORLD_SIZE",
+            )
+        model.load_state_dict(loaded.model, strict=False)  # lm_head.weight is wte.weight
         ckpt.restore_optimizer(optimizer, loaded.optim, st["optimizer"])
         torch.set_rng_state(loaded.optim["rng.torch"])
-        train_data.set_state(st["data_state"])
+        if device.startswith("cuda") and "rng.cuda" in loaded.optim:
+            torch.cuda.set_rng_state(loaded.optim["rng.cuda"])
+        train_data.set_state(states[rank])
         step = int(st["step"])
         say(f"resumed from {loaded.path} at step {step}")
     val_split = "val" if manifest.get("tokens", {}).get("val", 1) > cfg.block_size + 1 else "train"
     val_data = TokenData(tokens_dir, val_split, cfg.block_size, cfg.seed + 1)
     bpt = _bytes_per_token(tokens_dir)
     run_model: Any = torch.compile(model) if cfg.compile else model
-    metrics = MetricsLog(out_dir, step)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        run_model = DistributedDataParallel(run_model, device_ids=[device] if device.startswith("cuda") else None)
+    metrics = MetricsLog(out_dir, step) if master else None
+    write = metrics.write if metrics else _noop
     result = TrainResult(partial=False, step=step)
-    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.grad_accum
+    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.grad_accum * world
     flops_per_iter = model.flops_per_token() * tokens_per_iter
 
     def evaluate() -> float:
+        """Mean val loss (nats/token) over ``eval_iters`` batches; the same batches at every evaluation."""
         model.eval()
-        val_data.rng = __import__("numpy").random.Generator(__import__("numpy").random.PCG64(cfg.seed + 7))
-        losses = torch.zeros(cfg.eval_iters)
+        val_data.rng = np.random.Generator(np.random.PCG64(cfg.seed + 7))
+        losses = torch.zeros(cfg.eval_iters, device=device)
         with torch.no_grad(), _autocast(device, cfg.dtype):
             for k in range(cfg.eval_iters):
                 x, y = val_data.batch(cfg.batch_size, device)
-                _, loss = run_model(x, y)
-                losses[k] = loss.item()
+                losses[k] = model(x, y)[1]
         model.train()
         return float(losses.mean())
 
-    def save_checkpoint(at: int) -> Path:
+    def save_checkpoint(at: int) -> Path | None:
+        data_states = _gather_json(train_data.state(), world)  # a collective: every rank calls it
+        if not master:
+            return None
+        extra_rng = {"rng.cuda": torch.cuda.get_rng_state()} if device.startswith("cuda") else {}
         return ckpt.save(
             ck_dir,
             at,
@@ -274,114 +336,124 @@ def train(
                 "model": mcfg.to_dict(),
                 "train": asdict(cfg),
                 "data_fingerprint": fingerprint,
-                "data_state": train_data.state(),
+                "data_states": data_states,
+                "world_size": world,
                 "tokens_dir": str(tokens_dir.resolve()),
             },
             keep=cfg.keep_checkpoints,
+            extra_tensors=extra_rng,
         )
+
+    # Losses of the iterations not yet read back: (step, lr, loss tensor on the device).
+    pending: list[tuple[int, float, torch.Tensor]] = []
+
+    def flush() -> float:
+        """Read back pending losses (averaged over ranks), check them, write metrics; the last loss or NaN."""
+        if not pending:
+            return 0.0
+        vals = torch.stack([p[2] for p in pending]).float()
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(vals)
+            vals /= world
+        host = vals.tolist()
+        for (at, lr, _), v in zip(pending, host, strict=True):
+            if fault == f"train_nan:{at}":
+                v = float("nan")
+            if not math.isfinite(v):
+                raise DivergedError(
+                    f"loss is {v} at iteration {at}; stopped, the last good checkpoint is kept"
+                    + (f" ({ckpt.list_checkpoints(ck_dir)[0].name})" if ckpt.list_checkpoints(ck_dir) else "")
+                )
+            result.train_losses.append((at, v))
+            write(at, loss=v, lr=lr)
+        pending.clear()
+        return host[-1]
+
+    def stop_now() -> bool:
+        flag = bool(should_stop())
+        if world > 1:  # every rank must agree, or the next all-reduce would hang
+            import torch.distributed as dist
+
+            t = torch.tensor([float(flag)], device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
 
     # Test hooks (RELIABILITY items 34, 38): "train:K" exits hard after iteration K; "train_nan:K" makes
     # iteration K's loss NaN.
     fault = os.environ.get("CORPUSFORGE_FAULT", "")
-    say(f"model: {model.num_params() / 1e6:.2f} M parameters, device {device}, {tokens_per_iter} tokens/iteration")
+    say(
+        f"model: {model.num_params() / 1e6:.2f} M parameters, {mcfg.n_layer} layers, width {mcfg.n_embd}; "
+        f"device {device}" + (f" × {world} processes" if world > 1 else "") + f"; {tokens_per_iter} tokens/iteration"
+    )
     t0 = time.perf_counter()
     t_last, it_last = t0, step
     model.train()
     try:
         while step < cfg.max_iters:
-            if should_stop():
+            if (world == 1 or step % cfg.log_interval == 0) and stop_now():
+                flush()
                 result.checkpoint = save_checkpoint(step)
                 result.partial = True
+                say(f"stopped at iteration {step}; checkpoint written, run again to resume")
                 break
             lr = lr_at(step, cfg)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            loss_sum = 0.0
-            for _ in range(cfg.grad_accum):
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(cfg.grad_accum):
                 x, y = train_data.batch(cfg.batch_size, device)
+                if world > 1:  # all-reduce gradients only on the last micro-step
+                    run_model.require_backward_grad_sync = micro == cfg.grad_accum - 1
                 with _autocast(device, cfg.dtype):
                     _, loss = run_model(x, y)
                 (loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach()
-            loss_val = float(loss_sum) / cfg.grad_accum
-            if fault == f"train_nan:{step + 1}":
-                loss_val = float("nan")
-            if not math.isfinite(loss_val):
-                raise DivergedError(f"loss is {loss_val} at iteration {step}; the last good checkpoint is kept")
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            result.train_losses.append((step, loss_val))
-            if step % cfg.log_interval == 0 or step == cfg.max_iters:
+            pending.append((step, lr, loss_sum / cfg.grad_accum))
+            evaluating = step % cfg.eval_interval == 0 or step == cfg.max_iters
+            if step % cfg.log_interval == 0 or evaluating:
+                loss_val = flush()  # raises DivergedError before any checkpoint of a NaN state
                 now = time.perf_counter()
                 tps = (step - it_last) * tokens_per_iter / max(now - t_last, 1e-9)
-                t_last, it_last = now, step
-                metrics.write(step, loss=loss_val, lr=lr, tokens_per_s=tps)
-                say(f"iter {step:6d}  loss {loss_val:.4f}  lr {lr:.2e}  {tps:,.0f} tok/s")
-            else:
-                metrics.write(step, loss=loss_val)
-            if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+                if step % cfg.log_interval == 0:
+                    write(step, tokens_per_s=tps)
+                    say(f"iter {step:6d}  loss {loss_val:.4f}  lr {lr:.2e}  {tps:,.0f} tok/s")
+                    t_last, it_last = now, step
+            if evaluating:
                 vl = evaluate()
                 bpb = vl / math.log(2) / bpt if bpt else None
                 result.val_losses.append((step, vl))
-                metrics.write(step, val_loss=vl, **({"bits_per_byte": bpb} if bpb else {}))
+                write(step, val_loss=vl, **({"bits_per_byte": bpb} if bpb else {}))
                 say(f"eval   {step:6d}  val loss {vl:.4f}" + (f"  bits/byte {bpb:.3f}" if bpb else ""))
                 result.checkpoint = save_checkpoint(step)
+                t_last = time.perf_counter()  # tokens/s measures training, not evaluation and saving
             if fault == f"train:{step}":
                 os._exit(137)
     finally:
-        metrics.close()
+        if metrics:
+            metrics.close()
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     result.step = step
     result.wall_s = time.perf_counter() - t0
     done_iters = len(result.train_losses)
     result.tokens_per_s = done_iters * tokens_per_iter / max(result.wall_s, 1e-9)
-    result.mfu = flops_per_iter * done_iters / max(result.wall_s, 1e-9)
-    if not result.partial:
+    result.flops_per_s = flops_per_iter * done_iters / max(result.wall_s, 1e-9)
+    if not result.partial and master:
         _plot(out_dir)
         if cfg.sample_tokens > 0:
             result.sample = sample_text(
                 model, tokens_dir, cfg.sample_tokens, device=device, seed=cfg.seed, tokenizer_path=tokenizer_path
             )
             (out_dir / "samples.txt").write_text(result.sample + "\n", encoding="utf-8")
+            say(f"sample: {result.sample[:500]!r}")
     return result
-
-
-def find_tokenizer(tokens_dir: Path, tokenizer_path: Path | None = None) -> Path | None:
-    if tokenizer_path is not None:
-        return Path(tokenizer_path)
-    manifest = json.loads((Path(tokens_dir) / "manifest.json").read_text())
-    for cand in (
-        manifest.get("tokenizer_path"),
-        Path(tokens_dir).parent / "tokenizer" / "tokenizer.json",
-        Path(tokens_dir) / "tokenizer.json",
-    ):
-        if cand and Path(cand).is_file():
-            return Path(cand)
-    return None
-
-
-def sample_text(
-    model: GPT,
-    tokens_dir: Path,
-    n: int,
-    *,
-    device: str = "cpu",
-    seed: int = 0,
-    prompt: str = "",
-    temperature: float = 0.8,
-    top_k: int | None = 50,
-    tokenizer_path: Path | None = None,
-) -> str:
-    from tokenizers import Tokenizer
-
-    path = find_tokenizer(tokens_dir, tokenizer_path)
-    manifest = json.loads((Path(tokens_dir) / "manifest.json").read_text())
-    tok = Tokenizer.from_file(str(path)) if path else None
-    start = tok.encode(prompt).ids if (tok and prompt) else [int(manifest.get("eot_id", 0))]
-    g = torch.Generator(device=device).manual_seed(seed)
-    model.eval()
-    out = model.generate(torch.tensor([start], device=device), n, temperature=temperature, top_k=top_k, generator=g)
-    ids = out[0].tolist()
-    return tok.decode(ids, skip_special_tokens=True) if tok else " ".join(map(str, ids))

@@ -36,6 +36,7 @@ class FaultServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # no 40 ms delayed-ACK stalls on kept-alive connections
 
             def do_GET(self) -> None:  # noqa: N802
                 path = urlsplit(self.path).path

@@ -157,3 +157,46 @@ def test_nan_loss_stops_and_keeps_the_good_checkpoint(tokens, tmp_path, monkeypa
     cps = ckpt.list_checkpoints(out / "checkpoints")
     assert [p.name for p in cps] == ["step-0000005"]
     assert ckpt.load_one(cps[0]).state["step"] == 5
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal"])
+def test_export_to_transformers_matches_logits_and_generates(tokens, tmp_path, pos):
+    transformers = pytest.importorskip("transformers")
+    from corpusforge.train.export import export_gpt2, load_model
+
+    out = tmp_path / "o"
+    cfg = TrainConfig(**(TINY | {"pos_encoding": pos, "bias": pos == "learned"}), max_iters=10, eval_interval=10)
+    train(cfg, tokens, out, quiet=True, tokenizer_path=tokens.parent / "tokenizer.json")
+    dest = export_gpt2(out, tmp_path / "hf", tokenizer_path=tokens.parent / "tokenizer.json")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(dest), local_files_only=True).eval()
+    ours, _ = load_model(out)
+    x = torch.randint(0, ours.cfg.vocab_size, (2, 32))
+    with torch.no_grad():
+        theirs = hf(x).logits
+        mine = ours.lm_head(ours.ln_f(_hidden(ours, x)))
+    assert (theirs - mine).abs().max().item() < 1e-4
+    tok = transformers.AutoTokenizer.from_pretrained(str(dest), local_files_only=True)
+    ids = tok("To be", return_tensors="pt").input_ids
+    gen = hf.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.eos_token_id)
+    assert gen.shape[1] == ids.shape[1] + 5 and tok.decode(gen[0]).startswith("To be")
+
+
+def _hidden(model, x):
+    pos = torch.arange(x.shape[1])
+    h = model.wte(x) + (model.wpe(pos) if model.cfg.pos_encoding == "learned" else model.pos_table[: x.shape[1]])
+    for b in model.blocks:
+        h = b(h)
+    return h
+
+
+def test_ddp_with_two_gloo_processes(tokens, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "corpusforge.cli", "train", str(tokens), "--out", "o"]
+    cmd += [f"--set={k}={v}" for k, v in (TINY | {"max_iters": 20, "eval_interval": 10}).items()]
+    out = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = ckpt.load_latest(tmp_path / "o" / "checkpoints")
+    assert loaded.state["step"] == 20 and len(loaded.state["data_states"]) == 2
+    assert loaded.state["data_states"][0] != loaded.state["data_states"][1]  # each rank drew its own windows
+    losses = _losses(tmp_path / "o")
+    assert sorted(losses) == list(range(1, 21)) and losses[20] < losses[1]

@@ -1,0 +1,211 @@
+"""``scrapy``: fetches go through Scrapy's own engine (scheduler, downloader, downloader middlewares).
+
+Our crawler stays the one place that decides what to fetch and when (robots, delays, retries, redirects,
+offsite and trap rules), exactly as for every other backend. Scrapy's own versions of those rules are
+switched off so they cannot disagree with ours: no robots middleware, no redirect or retry middleware, no
+cookies, no auto-throttle, no delay. Scrapy enforces the byte cap (``download_maxsize``, which its
+decompression middleware also applies to the decompressed body) and the total deadline
+(``download_timeout``) per request.
+
+Twisted's reactor cannot be restarted in a process, so one reactor runs in a daemon thread for the life of
+the process (started on first use) and each backend runs its own Scrapy ``Crawler`` on it. A fetch hands a
+``scrapy.Request`` to the engine from our thread and waits for its callback or errback.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import sys
+import threading
+import time
+from typing import Any, ClassVar
+
+from corpusforge.crawl.page import FetchRequest, FetchResponse
+from corpusforge.errors import require
+
+log = logging.getLogger(__name__)
+
+_REACTOR_LOCK = threading.Lock()
+_REACTOR: list[Any] = []  # the process-wide reactor, once started (Twisted allows one per process)
+
+
+def _reactor() -> Any:
+    with _REACTOR_LOCK:
+        if _REACTOR:
+            return _REACTOR[0]
+        require("scrapy", "scrapy")
+        if "twisted.internet.reactor" not in sys.modules:
+            import asyncio
+
+            from twisted.internet import asyncioreactor
+
+            asyncioreactor.install(eventloop=asyncio.new_event_loop())
+        from twisted.internet import reactor
+
+        thread = threading.Thread(
+            target=reactor.run, kwargs={"installSignalHandlers": False}, name="corpusforge-reactor", daemon=True
+        )
+        thread.start()
+        _REACTOR.append(reactor)
+        return reactor
+
+
+def _error_name(failure: Any) -> str:
+    """Our name for a Scrapy/Twisted download failure."""
+    from twisted.internet import defer, error
+    from twisted.web._newclient import ResponseFailed
+
+    exc = failure.value
+    text = f"{type(exc).__name__} {exc}".lower()
+    if "max size" in text or "maxsize" in text:
+        return "too_large"  # cancelled by the download handler, or refused by the decompression middleware
+    if isinstance(exc, error.TimeoutError | defer.TimeoutError) or "took longer than" in text:
+        return "timeout"
+    if isinstance(exc, ResponseFailed) or "dataloss" in text or "data loss" in text:
+        return "data_loss"
+    if isinstance(exc, error.ConnectError | error.DNSLookupError | error.ConnectionLost):
+        return "connection_error"
+    log.debug("unclassified Scrapy failure: %r", exc)
+    return "data_loss" if "connection" in text else "fetch_error"
+
+
+class ScrapyBackend:
+    name: ClassVar[str] = "scrapy"
+    parser: ClassVar[str] = "lxml"  # links are parsed by the crawler (Scrapy's selectors are lxml too)
+    renders: ClassVar[str] = "never"
+
+    @staticmethod
+    def check_available() -> None:
+        require("scrapy", "scrapy")
+
+    def __init__(self, *, user_agent: str | None = None, timeout_s: float = 30.0) -> None:
+        self.check_available()
+        import scrapy
+        from scrapy import signals
+        from scrapy.crawler import CrawlerRunner
+        from scrapy.exceptions import DontCloseSpider
+        from twisted.internet.threads import blockingCallFromThread
+
+        self.user_agent = user_agent
+        self.timeout_s = timeout_s
+        reactor = _reactor()
+        self._reactor = reactor
+        opened = threading.Event()
+
+        class Bridge(scrapy.Spider):
+            """Yields nothing by itself and never closes while idle: requests come from ``fetch``."""
+
+            name = "corpusforge"
+
+            async def start(self):  # type: ignore[no-untyped-def]
+                return
+                yield  # pragma: no cover - makes this an async generator
+
+            def start_requests(self):  # type: ignore[no-untyped-def]  # Scrapy < 2.13
+                return []
+
+            @classmethod
+            def from_crawler(cls, crawler, *args, **kwargs):  # type: ignore[no-untyped-def]
+                spider = super().from_crawler(crawler, *args, **kwargs)
+                crawler.signals.connect(spider._idle, signal=signals.spider_idle, weak=False)
+                crawler.signals.connect(lambda spider: opened.set(), signal=signals.spider_opened, weak=False)
+                return spider
+
+            def _idle(self) -> None:
+                raise DontCloseSpider
+
+        settings = {
+            "LOG_ENABLED": False,
+            "TELNETCONSOLE_ENABLED": False,
+            "REMOTE_CONTROL_ENABLED": False,
+            "ROBOTSTXT_OBEY": False,  # our crawler reads robots.txt (RFC 9309) for every backend
+            "COOKIES_ENABLED": False,  # nothing carried between hosts, schemes or ports
+            "REDIRECT_ENABLED": False,  # the crawler re-checks every hop
+            "RETRY_ENABLED": False,  # the crawler's retry budget and backoff
+            "AUTOTHROTTLE_ENABLED": False,
+            "HTTPPROXY_ENABLED": False,
+            "DOWNLOAD_DELAY": 0,  # the crawler's per-host delay
+            "CONCURRENT_REQUESTS_PER_DOMAIN": 1,
+            "DOWNLOAD_TIMEOUT": timeout_s,
+            "DOWNLOAD_WARNSIZE": 0,
+            "DOWNLOAD_FAIL_ON_DATALOSS": True,
+            "USER_AGENT": user_agent or "corpusforge",
+            "TWISTED_REACTOR": f"{type(reactor).__module__}.{type(reactor).__name__}",
+            "EXTENSIONS": {"scrapy.extensions.logstats.LogStats": None, "scrapy.extensions.memusage.MemoryUsage": None},
+        }
+        runner = CrawlerRunner(settings)
+        self._crawler = runner.create_crawler(Bridge)
+        self._done = blockingCallFromThread(reactor, lambda: runner.crawl(self._crawler) and None)
+        if not opened.wait(30):
+            raise RuntimeError("Scrapy's engine did not open the spider within 30 s")
+        self._blocking = blockingCallFromThread
+
+    def fetch(self, request: FetchRequest) -> FetchResponse:
+        import scrapy
+
+        t0 = time.monotonic()
+        result: concurrent.futures.Future[FetchResponse] = concurrent.futures.Future()
+
+        def ok(response: Any) -> None:
+            headers = {
+                k.decode("latin-1").lower(): b", ".join(v).decode("latin-1") for k, v in response.headers.items()
+            }
+            if not result.done():
+                result.set_result(
+                    FetchResponse(
+                        request.url,
+                        request.url,
+                        response.status,
+                        headers,
+                        response.body,
+                        elapsed_s=time.monotonic() - t0,
+                    )
+                )
+
+        def failed(failure: Any) -> None:
+            if not result.done():
+                result.set_result(
+                    FetchResponse(
+                        request.url, request.url, 0, {}, b"", error=_error_name(failure), elapsed_s=time.monotonic() - t0
+                    )
+                )
+
+        req = scrapy.Request(
+            request.url,
+            headers=request.headers,
+            callback=ok,
+            errback=failed,
+            dont_filter=True,  # the frontier already dedups
+            meta={
+                "download_maxsize": request.max_bytes,
+                "download_timeout": request.timeout_s,
+                "dont_redirect": True,
+                "dont_retry": True,
+                "handle_httpstatus_all": True,
+                "dont_merge_cookies": True,
+            },
+        )
+        self._reactor.callFromThread(self._crawler.engine.crawl, req)
+        try:
+            return result.result(timeout=request.timeout_s + 10)
+        except concurrent.futures.TimeoutError:
+            return FetchResponse(request.url, request.url, 0, {}, b"", error="timeout", elapsed_s=time.monotonic() - t0)
+
+    def render(self, request: FetchRequest) -> FetchResponse:
+        raise NotImplementedError("the scrapy backend does not render pages")
+
+    def close(self) -> None:
+        crawler, self._crawler = self._crawler, None
+        if crawler is None:
+            return
+        try:
+            stop = getattr(crawler, "stop_async", None)
+            if stop is not None:  # Scrapy >= 2.13: a coroutine
+                from twisted.internet.defer import Deferred
+
+                self._blocking(self._reactor, lambda: Deferred.fromCoroutine(stop()))
+            else:
+                self._blocking(self._reactor, crawler.stop)
+        except Exception as exc:  # already stopped
+            log.debug("stopping the Scrapy crawler: %s", exc)

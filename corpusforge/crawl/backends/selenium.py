@@ -1,0 +1,298 @@
+"""``selenium`` and ``auto``: Selenium 4 driving the system's headless Chromium.
+
+Every page is first fetched statically (requests, with the byte cap, deadline, redirect and content-type
+rules applied by the crawler); a page that comes back as HTML is then rendered by the browser, which is the
+second request to that host and waits for the host's next slot. So robots, offsite rules and delays are
+enforced before the browser loads anything, and bombs, trickles and redirects to ``file:`` never reach it.
+``auto`` renders only pages whose static HTML has too little visible text.
+
+The browser comes from the Debian packages ``chromium`` and ``chromium-driver`` through explicit paths, so
+Selenium Manager never downloads anything. As root, ``--no-sandbox`` is added. A page-load timeout of
+seconds stops hanging pages; a crashed or killed browser is recreated and the URL retried by the crawler.
+No chromium or chromedriver process outlives the backend: chromedriver runs in its own process group, and a
+small reaper process (in its own session, reading a pipe from us) kills that group and anything using our
+profile folder when the pipe closes — after ``close()``, an exception, or ``kill -9`` of corpusforge.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, ClassVar
+
+from corpusforge.crawl.backend import RequestsFetcher
+from corpusforge.crawl.page import FetchRequest, FetchResponse
+from corpusforge.errors import FatalError, require
+
+log = logging.getLogger(__name__)
+
+BROWSER_CANDIDATES = ("/usr/bin/chromium", "/usr/lib/chromium/chromium", "/usr/bin/chromium-browser")
+DRIVER_CANDIDATES = ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver")
+# Flags that keep headless Chromium off the network except for the pages we ask for, and quiet.
+CHROME_FLAGS = (
+    "--headless=new",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--disable-dev-shm-usage",
+    "--metrics-recording-only",
+    "--password-store=basic",
+    "--mute-audio",
+    "--blink-settings=imagesEnabled=false",  # text is what we keep; fewer requests to the host
+    "--disable-breakpad",
+    "--disable-crash-reporter",  # no crashpad handler, which would leave its own process group
+)
+
+# Kills what we started once its stdin closes (our process ended, however it ended). Each input line is a
+# process-group id to kill; the argument is the profile folder whose users are killed too, then removed.
+REAPER = r"""
+import os, shutil, signal, sys
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(s, signal.SIG_IGN)
+marker, groups = sys.argv[1], set()
+for line in sys.stdin:
+    line = line.strip()
+    if line.startswith("-"):
+        groups.discard(int(line[1:]))
+    elif line:
+        groups.add(int(line))
+def info(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+        return int(fields[1]), int(fields[2]), cmd
+    except (OSError, ValueError, IndexError):
+        return None
+for _ in range(3):
+    procs = {int(p): info(p) for p in os.listdir("/proc") if p.isdigit()}
+    kill = {p for p, i in procs.items() if i and (i[1] in groups or marker.encode() in i[2])}
+    grew = True
+    while grew:  # descendants of those, wherever they moved to
+        more = {p for p, i in procs.items() if i and i[0] in kill and p not in kill}
+        grew = bool(more)
+        kill |= more
+    kill.discard(os.getpid())
+    for p in kill:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    if not kill:
+        break
+shutil.rmtree(marker, ignore_errors=True)
+"""
+
+
+def find_browser() -> tuple[str, str]:
+    """Paths of chromium and chromedriver (``CORPUSFORGE_CHROMIUM`` / ``CORPUSFORGE_CHROMEDRIVER`` override)."""
+
+    def pick(env: str, candidates: tuple[str, ...], name: str) -> str | None:
+        if os.environ.get(env):
+            return os.environ[env] if os.access(os.environ[env], os.X_OK) else None
+        for c in candidates:
+            if os.access(c, os.X_OK):
+                return c
+        return shutil.which(name)
+
+    browser = pick("CORPUSFORGE_CHROMIUM", BROWSER_CANDIDATES, "chromium")
+    driver = pick("CORPUSFORGE_CHROMEDRIVER", DRIVER_CANDIDATES, "chromedriver")
+    missing = [n for n, p in (("chromium", browser), ("chromedriver", driver)) if p is None]
+    if missing:
+        raise FatalError(
+            f"the browser backends need headless Chromium, but {' and '.join(missing)} was not found; install the "
+            "Debian packages: apt-get install chromium chromium-driver "
+            "(or point CORPUSFORGE_CHROMIUM / CORPUSFORGE_CHROMEDRIVER at the binaries)"
+        )
+    assert browser is not None and driver is not None
+    return browser, driver
+
+
+class SeleniumBackend(RequestsFetcher):
+    name: ClassVar[str] = "selenium"  # type: ignore[misc]
+    parser: ClassVar[str] = "lxml"  # type: ignore[misc]
+    renders: ClassVar[str] = "always"  # type: ignore[misc]
+
+    @staticmethod
+    def check_available() -> None:
+        require("selenium", "browser")
+        find_browser()
+
+    def __init__(self, *, user_agent: str | None = None, timeout_s: float = 30.0) -> None:
+        super().__init__(user_agent=user_agent, timeout_s=timeout_s)
+        self.check_available()
+        self.browser_path, self.driver_path = find_browser()
+        # CORPUSFORGE_BROWSER_TMP: where profile folders go (tests use it to find leftovers).
+        self.profile_root = tempfile.mkdtemp(prefix="corpusforge-chromium-", dir=os.environ.get("CORPUSFORGE_BROWSER_TMP"))
+        self._reaper: subprocess.Popen[bytes] | None = subprocess.Popen(
+            [sys.executable, "-c", REAPER, self.profile_root],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+        self._driver: Any = None
+        self._group: int | None = None
+        self._generation = 0
+        self._page_timeout_s: float | None = None
+        self.restarts = 0
+
+    # -- the browser's life
+    def _start(self) -> Any:
+        webdriver = require("selenium.webdriver", "browser")
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+
+        self._generation += 1
+        profile = os.path.join(self.profile_root, f"profile-{self._generation}")
+        opts = Options()
+        opts.binary_location = self.browser_path
+        for flag in CHROME_FLAGS:
+            opts.add_argument(flag)
+        if os.geteuid() == 0:
+            opts.add_argument("--no-sandbox")  # Chromium refuses to start its sandbox as root
+        opts.add_argument(f"--user-data-dir={profile}")
+        if self.user_agent:
+            opts.add_argument(f"--user-agent={self.user_agent}")
+        service = Service(
+            executable_path=self.driver_path,
+            log_output=subprocess.DEVNULL,
+            popen_kw={"start_new_session": True},  # its own process group, which the reaper kills
+        )
+        t0 = time.monotonic()
+        try:
+            driver = webdriver.Chrome(service=service, options=opts)
+        except Exception:
+            if service.process is not None:
+                self._kill_group(service.process.pid)
+            raise
+        finally:
+            if service.process is not None:
+                self._tell_reaper(str(service.process.pid))
+        self._group = service.process.pid if service.process is not None else None
+        try:  # the browser asks for /favicon.ico on its own: not a page we chose to fetch
+            driver.execute_cdp_cmd("Network.enable", {})
+            driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/favicon.ico"]})
+        except Exception as exc:
+            log.debug("could not block favicon requests: %s", exc)
+        self._page_timeout_s = None
+        log.info("started headless Chromium in %.1f s (%s)", time.monotonic() - t0, self.browser_path)
+        return driver
+
+    def _tell_reaper(self, line: str) -> None:
+        if self._reaper is not None and self._reaper.stdin is not None:
+            try:
+                self._reaper.stdin.write(line.encode() + b"\n")
+                self._reaper.stdin.flush()
+            except OSError:
+                pass
+
+    @staticmethod
+    def _kill_group(pgid: int) -> None:
+        import signal
+
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def _stop_browser(self) -> None:
+        driver, self._driver = self._driver, None
+        if driver is not None:
+            try:
+                driver.quit()
+            except Exception as exc:  # a dead browser cannot be asked to quit
+                log.debug("browser quit failed: %s", exc)
+        if self._group is not None:
+            self._kill_group(self._group)  # whatever quit() left behind
+            self._tell_reaper(f"-{self._group}")
+            self._group = None
+
+    def _recycle(self) -> None:
+        self.restarts += 1
+        self._stop_browser()
+
+    # -- the Backend protocol
+    def render(self, request: FetchRequest) -> FetchResponse:
+        from selenium.common.exceptions import TimeoutException
+
+        t0 = time.monotonic()
+
+        started = time.monotonic()
+
+        def failed(error: str) -> FetchResponse:
+            return FetchResponse(
+                request.url, request.url, 0, {}, b"", error=error, elapsed_s=time.monotonic() - t0, started_s=started
+            )
+
+        try:
+            if self._driver is None:
+                self._driver = self._start()
+            if self._page_timeout_s != request.timeout_s:
+                # Seconds, not Chromium's default of 300 s: a hanging page must not stall the crawl.
+                self._driver.set_page_load_timeout(request.timeout_s)
+                self._driver.set_script_timeout(request.timeout_s)
+                self._page_timeout_s = request.timeout_s
+            started = time.monotonic()
+            self._driver.get(request.url)
+            html = self._driver.page_source
+            final = self._driver.current_url
+        except TimeoutException:
+            log.info("page load timed out after %.1f s: %s", request.timeout_s, request.url)
+            try:  # reuse the session when it still answers
+                self._driver.execute_script("window.stop();")
+                self._driver.get("about:blank")
+            except Exception:
+                self._recycle()
+            return failed("timeout")
+        except Exception as exc:  # WebDriverException, or chromedriver gone (urllib3 connection errors)
+            log.warning("browser failed on %s (%s): restarting it", request.url, str(exc).splitlines()[0][:200])
+            self._recycle()
+            return failed("browser_crashed")
+        if len(html.encode("utf-8", errors="replace")) > request.max_bytes:
+            return failed("too_large")
+        return FetchResponse(
+            request.url, final, 200, {}, b"", rendered_html=html, elapsed_s=time.monotonic() - t0, started_s=started
+        )
+
+    def close(self) -> None:
+        super().close()
+        try:
+            self._stop_browser()
+        finally:
+            reaper, self._reaper = self._reaper, None
+            if reaper is not None:
+                if reaper.stdin is not None:
+                    reaper.stdin.close()  # EOF: the reaper sweeps and removes the profile folder
+                try:
+                    reaper.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    reaper.kill()
+                    reaper.wait()
+
+    def __del__(self) -> None:  # last resort; the reaper also acts when the process dies
+        if getattr(self, "_reaper", None) is not None:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+
+class AutoBackend(SeleniumBackend):
+    """Static fetch; render in the browser only pages whose static HTML yields too little text."""
+
+    name: ClassVar[str] = "auto"  # type: ignore[misc]
+    renders: ClassVar[str] = "auto"  # type: ignore[misc]

@@ -1,0 +1,263 @@
+"""A faster encoder for byte-level BPE that gives exactly the ids of ``tokenizers``' ``Tokenizer.encode``.
+
+Byte-level BPE first splits text into pre-tokens with GPT-2's regular expression, then runs the BPE merges on
+each pre-token independently. Web text is Zipfian: a few thousand words (" the", ",", "\\n\\n") make up
+most of it, so a table of unit → ids turns the pre-tokenizing and the merges into one dictionary lookup. A
+batch of documents is encoded as: cut every text into units (see ``UNIT_PATTERN``), look every unit up (the
+batch's misses go through ``tokenizers`` once, in Rust, and are added), then one numpy gather builds the flat
+id stream and the per-document lengths.
+
+Exactness is kept by construction and checked: a tokenizer whose pipeline differs from plain byte-level BPE
+(a normalizer, prefix space, dropout, a template) gets no fast path; a document containing an added token's
+text (``<|endoftext|>`` written out) is encoded by ``tokenizers``; and every ``verify_every``-th document is
+also encoded by ``tokenizers`` and compared. A mismatch switches the encoder to ``tokenizers`` for the rest of
+the stream and is counted, never silently kept.
+
+The table is bounded (``max_entries`` units, then cleared), so memory stays flat as the corpus grows.
+A character-level tokenizer (``train_tokenizer(kind="char")``) gets its own fast path: code points → ids by
+one sorted-table lookup. Anything else (Unigram, other pipelines) is encoded by ``tokenizers`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# GPT-2's pre-tokenizer (what ``tokenizers``' ByteLevel(use_regex=True) runs, with Oniguruma):
+#   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+# None of its pieces crosses from a run of non-space characters into the whitespace after it, and a space
+# before such a run always joins the run's first piece; a whitespace run of k characters before a non-space
+# becomes k-1 characters then the last one. So text cuts into *units* that are pre-tokenized independently:
+# " ?" + a non-space run, or those whitespace pieces. Units are fewer and cheaper to find than pieces (one
+# short expression with no Unicode classes), and a unit's ids are what ``tokenizers`` gives the unit alone.
+# Whitespace is Oniguruma's \s for Unicode (the White_Space property), spelled out so that Python's ``re``
+# agrees with it on every code point (tests check all of them against ``tokenizers``).
+WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+UNIT_PATTERN = f" ?[^{WHITESPACE}]+|[{WHITESPACE}]+(?![^{WHITESPACE}])|[{WHITESPACE}]"
+
+
+CHAR_SPLIT = {"type": "Split", "pattern": {"Regex": "(?m)."}, "behavior": "Isolated", "invert": False}
+
+
+def is_char_level(tokenizer_json: dict[str, Any]) -> bool:
+    """The character-level tokenizer ``train_tokenizer(kind="char")`` makes: one id per code point."""
+    model = tokenizer_json.get("model") or {}
+    return (
+        model.get("type") == "WordLevel"
+        and tokenizer_json.get("normalizer") is None
+        and tokenizer_json.get("pre_tokenizer") == CHAR_SPLIT
+    )
+
+
+def fast_path_supported(tokenizer_json: dict[str, Any]) -> str | None:
+    """None when the tokenizer is plain byte-level BPE this encoder reproduces; else the reason it is not."""
+    model = tokenizer_json.get("model") or {}
+    if is_char_level(tokenizer_json):
+        return None if not (tokenizer_json.get("truncation") or tokenizer_json.get("padding")) else "truncation"
+    if model.get("type") != "BPE":
+        return f"model {model.get('type')!r} is not BPE"
+    if model.get("dropout") not in (None, 0, 0.0):
+        return "BPE dropout is random"
+    if tokenizer_json.get("normalizer") is not None:
+        return "a normalizer is set"
+    if tokenizer_json.get("truncation") or tokenizer_json.get("padding"):
+        return "truncation or padding is set"
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    if pre.get("type") != "ByteLevel" or pre.get("add_prefix_space") or not pre.get("use_regex", True):
+        return "the pre-tokenizer is not ByteLevel(add_prefix_space=False, use_regex=True)"
+    return None
+
+
+class FastBpeEncoder:
+    """Encode batches of texts into a flat id stream + per-text lengths, identical to ``Tokenizer.encode``."""
+
+    def __init__(self, tokenizer: Any, *, max_entries: int = 1_000_000, verify_every: int = 64) -> None:
+        self.tok = tokenizer
+        data = json.loads(tokenizer.to_str())
+        self.reason = fast_path_supported(data)
+        # Character level: code point → id through a sorted table (searchsorted), no pre-tokens at all.
+        self.char_level = is_char_level(data)
+        if self.char_level:
+            vocab = {k: v for k, v in data["model"]["vocab"].items() if len(k) == 1}
+            keys = sorted(vocab)
+            self.char_keys = np.array([ord(k) for k in keys], dtype=np.uint32)
+            self.char_ids = np.array([vocab[k] for k in keys], dtype=np.uint32)
+        self.specials = [a["content"] for a in data.get("added_tokens", [])]
+        self.max_entries = max_entries
+        self.verify_every = verify_every
+        self.units = re.compile(UNIT_PATTERN)
+        self.whitespace = set(re.findall(f"[{WHITESPACE}]", "".join(map(chr, range(0x3001)))))
+        self.stats = {"docs": 0, "verified": 0, "mismatches": 0, "exact_fallback_docs": 0, "table_resets": 0}
+        self._clear()
+
+    @property
+    def fast(self) -> bool:
+        return self.reason is None
+
+    def _clear(self) -> None:
+        self.index: dict[str, int] = {}
+        self.starts = np.zeros(1024, dtype=np.int64)
+        self.lens = np.zeros(1024, dtype=np.int64)
+        self.ids = np.zeros(4096, dtype=np.uint32)
+        self.n_entries = 0
+        self.n_ids = 0
+
+    def _add(self, id_lists: Sequence[Sequence[int]]) -> range:
+        """Append table entries (a unit's ids, or a whole document's) and return their indices."""
+        lens = np.fromiter((len(x) for x in id_lists), dtype=np.int64, count=len(id_lists))
+        flat = np.fromiter((i for x in id_lists for i in x), dtype=np.uint32, count=int(lens.sum()))
+        k, n = self.n_entries, len(id_lists)
+        size = len(self.starts)
+        while k + n > size:
+            size *= 2
+        if size != len(self.starts):
+            self.starts = np.resize(self.starts, size)
+            self.lens = np.resize(self.lens, size)
+        size = len(self.ids)
+        while self.n_ids + len(flat) > size:
+            size *= 2
+        if size != len(self.ids):
+            self.ids = np.resize(self.ids, size)
+        self.starts[k : k + n] = self.n_ids + np.cumsum(lens) - lens
+        self.lens[k : k + n] = lens
+        self.ids[self.n_ids : self.n_ids + len(flat)] = flat
+        self.n_ids += len(flat)
+        self.n_entries += n
+        return range(k, k + n)
+
+    def _exact(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids uint32 of all texts back to back, number of ids of each text as int64)."""
+        if not self.fast:
+            encs = self.tok.encode_batch(list(texts), add_special_tokens=False)
+            lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+            flat = np.fromiter((i for e in encs for i in e.ids), dtype=np.uint32, count=int(lengths.sum()))
+            self.stats["docs"] += len(texts)
+            self.stats["exact_fallback_docs"] += len(texts)
+            return flat, lengths
+        if self.char_level:
+            return self._encode_chars(texts)
+        if self.n_entries > self.max_entries:
+            self.stats["table_resets"] += 1
+            self._clear()
+        get = self.index.get
+        pieces: list[str] = []
+        # Entry index of every pre-token, -1 for a miss; a document with an added token's text is one entry.
+        doc_pieces = np.zeros(len(texts) + 1, dtype=np.int64)
+        whole: dict[int, int] = {}  # position in ``pieces`` → entry holding a whole document's exact ids
+        for i, text in enumerate(texts):
+            if any(s in text for s in self.specials):
+                whole[len(pieces)] = self._add([self._exact(text)])[0]
+                pieces.append("")
+                self.stats["exact_fallback_docs"] += 1
+            else:
+                pieces += self.units.findall(text)
+            doc_pieces[i + 1] = len(pieces)
+        entries = np.fromiter(map(get, pieces, repeat(-1)), dtype=np.int64, count=len(pieces))
+        for pos, e in whole.items():
+            entries[pos] = e
+        missing = np.flatnonzero(entries < 0)
+        if len(missing):
+            # A pre-token encoded alone is that same pre-token (the expression matches it whole), so the
+            # misses of a batch go through tokenizers once, in Rust, and join the table.
+            new = list(dict.fromkeys([pieces[i] for i in missing.tolist()]))
+            encs = self.tok.encode_batch(new, add_special_tokens=False)
+            self.index.update(zip(new, self._add([e.ids for e in encs]), strict=True))
+            entries[missing] = [self.index[pieces[i]] for i in missing.tolist()]
+        lens = self.lens[entries]
+        cum = np.zeros(len(entries) + 1, dtype=np.int64)
+        np.cumsum(lens, out=cum[1:])
+        # Gather: output position j of entry e reads ids[starts[e] + (j - cum[e's slot])].
+        gather = np.repeat(self.starts[entries] - cum[:-1], lens) + np.arange(cum[-1], dtype=np.int64)
+        flat = self.ids[gather]
+        tok_bounds = cum[doc_pieces]
+        lengths = np.diff(tok_bounds)
+        self._verify(texts, flat, tok_bounds)
+        self.stats["docs"] += len(texts)
+        return flat, lengths
+
+    def _encode_chars(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        parts = []
+        for text in texts:
+            cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            pos = np.searchsorted(self.char_keys, cps).clip(0, max(len(self.char_keys) - 1, 0))
+            if any(sp in text for sp in self.specials) or not np.array_equal(self.char_keys[pos], cps):
+                # An added token written out, or a character outside the vocabulary: tokenizers decides.
+                try:
+                    parts.append(np.asarray(self._exact(text), dtype=np.uint32))
+                except Exception as exc:  # tokenizers raises its own type for a character it cannot map
+                    from corpusforge.errors import ConfigError
+
+                    raise ConfigError(
+                        f"the character-level tokenizer cannot encode a document ({exc}); train it on text "
+                        "that has every character of the corpus",
+                        path="tokenizer",
+                    ) from exc
+                self.stats["exact_fallback_docs"] += 1
+            else:
+                parts.append(self.char_ids[pos])
+        lengths = np.fromiter((len(a) for a in parts), dtype=np.int64, count=len(parts))
+        flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
+        self._verify(texts, flat, np.concatenate([[0], np.cumsum(lengths)]))
+        self.stats["docs"] += len(texts)
+        return flat, lengths
+
+    def _verify_prefix(self, text: str, limit: int = 20_000) -> str:
+        """A prefix of a long text whose ids are a prefix of the text's ids (verifying stays cheap).
+
+        Character level: any cut. Byte-level BPE: a cut between a non-space and a whitespace character, where
+        units (and so pre-tokens) end the same in the prefix as in the whole text.
+        """
+        if len(text) <= limit:
+            return text
+        if self.char_level:
+            return text[:limit]
+        ws = self.whitespace
+        for k in range(limit, limit // 2, -1):
+            if text[k] in ws and text[k - 1] not in ws:
+                return text[:k]
+        return text
+
+    def _verify(self, texts: Sequence[str], flat: np.ndarray, bounds: np.ndarray) -> None:
+        if not self.verify_every:
+            return
+        first = (-self.stats["docs"]) % self.verify_every
+        for i in range(first, len(texts), self.verify_every):
+            self.stats["verified"] += 1
+            got = flat[bounds[i] : bounds[i + 1]]
+            text = self._verify_prefix(texts[i])
+            want = self._exact(text)
+            if len(text) < len(texts[i]):
+                got = got[: len(want)]
+            if len(got) != len(want) or not np.array_equal(got, np.asarray(want, dtype=np.uint32)):
+                self.stats["mismatches"] += 1
+                self.reason = "a verified document differed from tokenizers' ids"
+                log.warning(
+                    "fast encoder: document %d of this stream differs from tokenizers' encode; "
+                    "encoding the rest with tokenizers",
+                    self.stats["docs"] + i,
+                )
+                # Fix this batch in place is not possible (lengths change): the caller re-encodes it.
+                raise _Mismatch
+
+
+class _Mismatch(Exception):
+    """Internal: a verified document differed; the batch is re-encoded with ``tokenizers``."""
+
+
+def encode_texts(encoder: FastBpeEncoder, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``encoder.encode`` that re-encodes a batch with ``tokenizers`` when verification fails."""
+    try:
+        return encoder.encode(texts)
+    except _Mismatch:
+        return encoder.encode(texts)  # ``reason`` is now set: the exact path
