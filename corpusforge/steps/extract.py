@@ -4,16 +4,26 @@ Extractors: ``trafilatura`` (default; precision-oriented main-content extraction
 script/style/nav/header/footer/aside/form and joins block elements with blank lines) and ``selectors``
 (the spider's CSS/XPath selectors; a crawled document carries them in ``metadata["selectors"]``).
 Failures are counted with a reason (``extract_empty``, ``extract_too_large``, ``extract_error``,
-``extract_timeout``) and never stop the task. A document without HTML but with text (JSONL input) passes
-through unchanged.
+``extract_timeout``, ``extract_no_html``) and never stop the task. A document without HTML but with text
+(JSONL input) passes through unchanged.
+
+Per-page limits: ``max_html_bytes`` is checked before parsing (UTF-8 bytes), and ``timeout_s`` interrupts
+the extraction itself: a one-shot ``SIGALRM`` timer (``setitimer``) raises ``PageTimeout`` in the extracting
+thread, so a pathological page costs at most ``timeout_s``. Signals only reach the main thread; elsewhere
+(an extraction run in a helper thread) the limit is checked after the page instead. A timer armed by
+someone else (pytest-timeout, say) is saved and re-armed with its remaining time afterwards.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import signal
+import threading
 import time
-from typing import Annotated, ClassVar, Literal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, ClassVar, Literal, TypeVar
 
 from corpusforge.document import Document
 from corpusforge.recipe import Min
@@ -96,12 +106,53 @@ def extract_trafilatura(html: str) -> str:
     return text or ""
 
 
+T = TypeVar("T")
+
+
+class PageTimeout(BaseException):
+    """Raised by the per-page timer. A ``BaseException``, so that a library's ``except Exception`` inside
+    the extractor cannot swallow it and go on parsing."""
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Interrupt the body with ``PageTimeout`` after ``seconds`` (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+    active = True
+
+    def on_alarm(signum: int, frame: object) -> None:
+        if active:  # a signal that arrives after the body finished is ignored
+            raise PageTimeout
+
+    t0 = time.monotonic()
+    old_handler = signal.signal(signal.SIGALRM, on_alarm)
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    if 0 < old_delay < seconds:  # an outer timer is due first: let it fire in time (as a page timeout here)
+        signal.setitimer(signal.ITIMER_REAL, old_delay)
+    try:
+        yield
+    finally:
+        active = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler)
+        if old_delay > 0:  # re-arm the outer timer with what is left of it (at once if it is already due)
+            signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - t0), 1e-6), old_interval)
+
+
+def run_with_deadline(fn: Callable[[], T], seconds: float) -> T:
+    """``fn()``, interrupted with ``PageTimeout`` after ``seconds`` (see ``_deadline``)."""
+    with _deadline(seconds):
+        return fn()
+
+
 class Extract(Mapper):
     """Main text from ``doc.html`` into ``doc.text``; ``metadata["title"]`` from ``<title>``.
 
-    ``max_html_bytes`` (default 5 MiB) skips pathological pages; ``timeout_s`` (default 10 s) is checked
-    after extraction (a page that took longer is dropped, and logged, so a slow page cannot be silently
-    kept half-processed); ``min_chars`` = 1 drops pages where nothing was found.
+    ``max_html_bytes`` (default 5 MiB, UTF-8 bytes) skips pathological pages before parsing; ``timeout_s``
+    (default 10 s) interrupts a page's extraction (see the module docstring) and drops it with
+    ``extract_timeout``; ``min_chars`` = 1 drops pages where nothing was found (``extract_empty``).
     """
 
     name: ClassVar[str] = "extract"
@@ -131,24 +182,25 @@ class Extract(Mapper):
             self._reject(doc, "extract_no_html")
             return None
         html = doc.html
-        if len(html) > self.max_html_bytes:
+        # Characters ≤ UTF-8 bytes ≤ 4 × characters: encode only when the character count cannot decide.
+        if len(html) > self.max_html_bytes or (
+            4 * len(html) > self.max_html_bytes and len(html.encode("utf-8", "surrogatepass")) > self.max_html_bytes
+        ):
             self._reject(doc, "extract_too_large")
             return None
         selectors = self.selectors or doc.metadata.get("selectors")
         t0 = time.perf_counter()
         try:
-            if self.extractor == "selectors" or (selectors and self.extractor != "lxml"):
-                text = extract_selectors(html, selectors or []) if selectors else ""
-                if not text and self.extractor != "selectors":
-                    text = extract_trafilatura(html)
-            elif self.extractor == "lxml":
-                text = extract_lxml(html)
-            else:
-                text = extract_trafilatura(html)
+            text = run_with_deadline(lambda: self._extract(html, selectors), self.timeout_s)
+        except PageTimeout:
+            log.warning("extraction of %s took over %s s: dropped", doc.url or doc.id, self.timeout_s)
+            self._reject(doc, "extract_timeout")
+            return None
         except Exception as exc:  # noqa: BLE001 - a bad page must not kill the task
             log.debug("extract failed for %s: %s", doc.url or doc.id, exc)
             self._reject(doc, "extract_error")
             return None
+        # Not interruptible off the main thread: there the limit is checked afterwards.
         if time.perf_counter() - t0 > self.timeout_s:
             self._reject(doc, "extract_timeout")
             return None
@@ -162,3 +214,13 @@ class Extract(Mapper):
         if not self.keep_html:
             doc.html = None
         return doc
+
+    def _extract(self, html: str, selectors: list[str] | None) -> str:
+        if self.extractor == "selectors" or (selectors and self.extractor != "lxml"):
+            text = extract_selectors(html, selectors or []) if selectors else ""
+            if not text and self.extractor != "selectors":
+                text = extract_trafilatura(html)
+            return text
+        if self.extractor == "lxml":
+            return extract_lxml(html)
+        return extract_trafilatura(html)

@@ -130,3 +130,44 @@ def test_every_clean_step_builds_from_a_recipe_spec():
         "site_boilerplate",
     ):
         assert build_step({"type": name}, path="steps[0]").name == name
+
+
+# --------------------------------------------------------------------- reasons not covered elsewhere
+LONG = "The committee met on Tuesday and reviewed every one of the proposals that the members had sent in."
+
+
+def test_gopher_char_fraction_reasons_and_long_doc():
+    from corpusforge.steps.filters.gopher import GopherQualityFilter, GopherRepetitionFilter
+
+    shorts = [f"Short note {i}." for i in range(5)]
+    # One paragraph in seven repeats (≤ 0.30 by count) but it holds > 0.20 of the characters.
+    paras = "\n\n".join([LONG, LONG] + shorts)
+    assert GopherRepetitionFilter().reject(doc(paras)) == "gopher_dup_para_char_fraction"
+    lines = "\n".join([LONG, LONG] + shorts)  # the same as lines of one paragraph
+    assert GopherRepetitionFilter().reject(doc(lines)) == "gopher_dup_line_char_fraction"
+    assert GopherRepetitionFilter(max_dup_line_char_fraction=None, max_dup_para_char_fraction=None).reject(
+        doc(paras)
+    ) not in ("gopher_dup_para_char_fraction", "gopher_dup_line_char_fraction")  # None disables a rule
+    giant = doc(" ".join(SENTS) * 50)
+    assert GopherQualityFilter(max_words=500).reject(giant) == "gopher_long_doc"
+    assert GopherQualityFilter().reject(giant) is None
+
+
+def test_length_character_bounds():
+    from corpusforge.steps.filters.basic import LengthFilter
+
+    f = LengthFilter(min_words=None, max_words=None, min_chars=10, max_chars=20)
+    assert [f.reject(doc(t)) for t in ("short", "just right here", "x" * 21)] == [
+        "length_too_few_chars",
+        None,
+        "length_too_many_chars",
+    ]
+
+
+def test_language_low_score_reason_and_stats_per_reason():
+    f = LanguageFilter(languages=None, min_score=0.99)
+    mixed = doc("Le comité met on Tuesday; der Ausschuss tagte am Dienstag; il comitato si è riunito.")
+    assert f.reject(mixed) == "language_low_score" and mixed.metadata["language_score"] < 0.99
+    step = LanguageFilter()
+    out = list(step.run([doc(" ".join(SENTS), i=1), doc("Der Ausschuss tagte am Dienstag im Rathaus.", i=2)]))
+    assert [d.id for d in out] == ["d1"] and step.stats.dropped == {"language_not_allowed": 1}

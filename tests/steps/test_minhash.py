@@ -113,3 +113,39 @@ def test_exact_verification_and_determinism_with_tasks_and_workers(tmp_path):
     assert kept == _kept(tmp_path, "two")
     # Representative rule: the smallest id of each cluster ("n00" < "u00").
     assert kept == sorted(["far"] + [f"n{i:02d}" for i in range(8)] + [f"u{i:02d}" for i in range(8, 40)])
+
+
+def test_exactly_one_representative_per_cluster_and_exact_copies_hit_the_index(tmp_path):
+    rng = random.Random(7)
+    base = [_text(rng) for _ in range(12)]
+    docs = [Document(id=f"k{i:02d}", text=t) for i, t in enumerate(base)]
+    # A chain: m1 ≈ k00, m2 ≈ m1 (so m2 may be farther from k00): one cluster, one representative.
+    m1 = _edit(rng, base[0], 2)
+    docs += [Document(id="m1", text=m1), Document(id="m2", text=_edit(rng, m1, 2))]
+    docs += [Document(id="a0", text=_edit(rng, base[5], 2))]  # "a0" < "k05": the copy is the representative
+    _shards(tmp_path / "in1", docs, per_file=5)
+    index = tmp_path / "index"
+    assert run_recipe(_recipe(tmp_path, "b1", tmp_path / "in1", index=str(index))).status == DONE
+    kept = set(_kept(tmp_path, "b1"))
+    t = read_table(manifest_paths(tmp_path / "b1" / "near" / "clusters")[0]).to_pylist()
+    clusters: dict[str, list[dict]] = {}
+    for r in t:
+        clusters.setdefault(r["cluster"], []).append(r)
+    for rep, members in clusters.items():
+        assert [m["id"] for m in members if m["id"] in kept] == [rep]  # exactly one kept: the smallest id
+        assert rep == min(m["id"] for m in members)
+        assert all(m["reason"] == ("" if m["id"] == rep else "near_duplicate") for m in members)
+    assert kept == {f"k{i:02d}" for i in range(12) if i != 5} | {"a0"}
+    assert {r["id"]: r["cluster"] for r in t}["m2"] == "k00"
+
+    # The next batch: a verbatim copy and a re-cased, re-spaced copy of kept documents are dropped too.
+    batch2 = [
+        Document(id="z1", text=base[1]),
+        Document(id="z2", text=base[2].upper().replace(" ", "   ")),
+        Document(id="z3", text=_text(rng)),
+    ]
+    _shards(tmp_path / "in2", batch2)
+    res = run_recipe(_recipe(tmp_path, "b2", tmp_path / "in2", index=str(index)))
+    assert res.status == DONE and _kept(tmp_path, "b2") == ["z3"]
+    apply = next(o for o in res.stages if o.name == "near").steps[0]
+    assert apply["dropped"] == {"near_duplicate_indexed": 2}
