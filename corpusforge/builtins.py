@@ -21,6 +21,7 @@ BACKENDS.add("requests+bs4", "corpusforge.crawl.backends.requests_bs4:RequestsBs
 BACKENDS.add("scrapy", "corpusforge.crawl.backends.scrapy:ScrapyBackend")
 BACKENDS.add("selenium", "corpusforge.crawl.backends.selenium:SeleniumBackend")
 BACKENDS.add("auto", "corpusforge.crawl.backends.selenium:AutoBackend")
+BACKENDS.add("langchain", "corpusforge.crawl.backends.langchain:LangchainBackend")
 
 # --- clean (corpusforge/steps) ----------------------------------------------------------------------------
 STEPS.add("extract", "corpusforge.steps.extract:Extract")

@@ -199,7 +199,7 @@ def validate(
 def crawl(
     spider: Annotated[Path, typer.Argument(help="A spider definition, e.g. spiders/python_docs.toml")],
     backend: Annotated[
-        str, typer.Option(help="requests+lxml, requests+bs4, scrapy, selenium or auto")
+        str, typer.Option(help="requests+lxml, requests+bs4, scrapy, selenium, auto or langchain")
     ] = "requests+lxml",
     workdir: WorkdirOpt = None,
     set_: SetOpt = None,

@@ -487,25 +487,42 @@ def dataset_card(
     return "\n".join(front + body) + "\n"
 
 
-def token_arrays(tokens_dir: Path, split: str = "train") -> list[np.ndarray]:
-    """Zero-copy 1-D views of the flat token stream of each record batch of ``split``'s shards.
+def _split_batches(tokens_dir: Path, split: str, *, verify: bool = False) -> Iterator[pa.RecordBatch]:
+    """The record batches of ``split``'s shards in manifest order, each file checked against the manifest.
 
-    Files are checked against the manifest (presence and size) first; a mismatch raises ``ShardError``.
+    Always: present and the listed size, and the row count the manifest lists once a file is read (a stream
+    cut at a batch boundary still reads, with fewer rows). ``verify``: its sha256 too (reads every byte once).
+    Any mismatch raises ``ShardError`` naming the file.
     """
     tokens_dir = Path(tokens_dir)
     manifest = load_manifest(tokens_dir)
-    out: list[np.ndarray] = []
     for f in manifest["files"]:
         if not f["name"].startswith(f"{split}/"):
             continue
         path = tokens_dir / f["name"]
         if not path.is_file() or path.stat().st_size != f["bytes"]:
             raise ShardError(f"{path}: missing or size differs from {MANIFEST}; run corpusforge validate")
-        reader = ipc.open_stream(pa.memory_map(str(path), "r"))
-        for batch in reader:
-            col = batch.column(0)
-            out.append(col.flatten().to_numpy(zero_copy_only=True))
-    return out
+        if verify and sha256_file(path) != f["sha256"]:
+            raise ShardError(f"{path}: sha256 differs from {MANIFEST} (altered); run corpusforge validate")
+        rows = 0
+        try:
+            for batch in ipc.open_stream(pa.memory_map(str(path), "r")):
+                rows += batch.num_rows
+                yield batch
+        except pa.ArrowInvalid as exc:
+            raise ShardError(f"{path}: unreadable ({exc}); run corpusforge validate") from exc
+        if rows != f["rows"]:
+            raise ShardError(f"{path}: {rows} rows, {MANIFEST} says {f['rows']}; run corpusforge validate")
+
+
+def token_arrays(tokens_dir: Path, split: str = "train", *, verify: bool = False) -> list[np.ndarray]:
+    """Zero-copy 1-D views of the flat token stream of each record batch of ``split``'s shards.
+
+    Files are checked against the manifest (presence, size, row count; sha256 with ``verify``) first; a
+    mismatch raises ``ShardError``.
+    """
+    batches = _split_batches(tokens_dir, split, verify=verify)
+    return [batch.column(0).flatten().to_numpy(zero_copy_only=True) for batch in batches]
 
 
 def tokenizer_sha256(ref: Any) -> str:
@@ -673,17 +690,13 @@ def write_token_shards(
 
 def iter_lineage(tokens_dir: Path, split: str = "train") -> Iterator[tuple[int, int, str, str | None, str | None]]:
     """(start, end, id, url, fetched_at) token ranges over the split's concatenated stream."""
-    manifest = load_manifest(tokens_dir)
     pos = 0
-    for f in manifest["files"]:
-        if not f["name"].startswith(f"{split}/"):
-            continue
-        for batch in ipc.open_stream(pa.memory_map(str(Path(tokens_dir) / f["name"]), "r")):
-            offs = batch.column(0).offsets.to_numpy()
-            ids, urls, times = (batch.column(i).to_pylist() for i in (1, 2, 3))
-            for i in range(batch.num_rows):
-                yield pos + int(offs[i]), pos + int(offs[i + 1]), ids[i], urls[i], times[i]
-            pos += int(offs[-1])
+    for batch in _split_batches(tokens_dir, split):
+        offs = batch.column(0).offsets.to_numpy()
+        ids, urls, times = (batch.column(i).to_pylist() for i in (1, 2, 3))
+        for i in range(batch.num_rows):
+            yield pos + int(offs[i]), pos + int(offs[i + 1]), ids[i], urls[i], times[i]
+        pos += int(offs[-1])
 
 
 def document_at(tokens_dir: Path, position: int, split: str = "train") -> dict[str, Any]:
@@ -691,18 +704,14 @@ def document_at(tokens_dir: Path, position: int, split: str = "train") -> dict[s
 
     ``position`` indexes the concatenation of ``token_arrays(tokens_dir, split)`` (what the trainer samples).
     """
-    manifest = load_manifest(tokens_dir)
     pos = 0
-    for f in manifest["files"]:
-        if not f["name"].startswith(f"{split}/"):
-            continue
-        for batch in ipc.open_stream(pa.memory_map(str(Path(tokens_dir) / f["name"]), "r")):
-            offs = batch.column(0).offsets.to_numpy()
-            if position < pos + int(offs[-1]):
-                i = int(np.searchsorted(offs, position - pos, side="right")) - 1
-                row = {k: batch.column(k)[i].as_py() for k in ("id", "url", "fetched_at")}
-                return row | {"start": pos + int(offs[i]), "end": pos + int(offs[i + 1])}
-            pos += int(offs[-1])
+    for batch in _split_batches(tokens_dir, split):
+        offs = batch.column(0).offsets.to_numpy()
+        if position < pos + int(offs[-1]):
+            i = int(np.searchsorted(offs, position - pos, side="right")) - 1
+            row = {k: batch.column(k)[i].as_py() for k in ("id", "url", "fetched_at")}
+            return row | {"start": pos + int(offs[i]), "end": pos + int(offs[i + 1])}
+        pos += int(offs[-1])
     raise ConfigError(f"token {position} is past the end of {split} ({pos} tokens)", path="position")
 
 
@@ -727,7 +736,7 @@ def export_nanogpt(tokens_dir: Path, out_dir: Path) -> dict[str, Any]:
         n = 0
         try:
             with open(tmp, "wb") as fh:
-                for arr in token_arrays(tokens_dir, split):
+                for arr in token_arrays(tokens_dir, split, verify=True):
                     fh.write(arr.astype("<u2", copy=False).tobytes())
                     n += len(arr)
                 fh.flush()

@@ -4,8 +4,9 @@ Byte-level BPE first splits text into pre-tokens with GPT-2's regular expression
 each pre-token independently. Web text is Zipfian: a few thousand words (" the", ",", "\\n\\n") make up
 most of it, so a table of unit → ids turns the pre-tokenizing and the merges into one dictionary lookup. A
 batch of documents is encoded as: cut every text into units (see ``UNIT_PATTERN``), look every unit up (the
-batch's misses go through ``tokenizers`` once, in Rust, and are added), then one numpy gather builds the flat
-id stream and the per-document lengths.
+batch's misses are added: an ASCII unit as the ids of its GPT-2 pre-tokens, cut in Python with the ASCII form of
+the expression, each distinct pre-token encoded once by ``tokenizers``; any other unit encoded whole by it), then
+one numpy gather builds the flat id stream and the per-document lengths.
 
 Exactness is kept by construction and checked: a tokenizer whose pipeline differs from plain byte-level BPE
 (a normalizer, prefix space, dropout, a template) gets no fast path; a document containing an added token's
@@ -43,6 +44,15 @@ log = logging.getLogger(__name__)
 WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 UNIT_PATTERN = f" ?[^{WHITESPACE}]+|[{WHITESPACE}]+(?![^{WHITESPACE}])|[{WHITESPACE}]"
 
+
+# GPT-2's expression restricted to ASCII, where \p{L} is [A-Za-z], \p{N} is [0-9] and \s the six ASCII
+# white-space characters for Oniguruma and Python alike: it cuts an ASCII unit into the pre-tokens tokenizers
+# makes of it, so a new unit's ids are its pre-tokens' ids, and far fewer distinct pre-tokens than units reach
+# the BPE merges (" os.path.join(" and " os.getcwd()" share " os" and ".").
+ASCII_PRETOKEN = re.compile(
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^ \t\n\x0b\x0c\rA-Za-z0-9]+"
+    r"|[ \t\n\x0b\x0c\r]+(?![^ \t\n\x0b\x0c\r])|[ \t\n\x0b\x0c\r]+"
+)
 
 CHAR_SPLIT = {"type": "Split", "pattern": {"Regex": "(?m)."}, "behavior": "Isolated", "invert": False}
 
@@ -104,6 +114,7 @@ class FastBpeEncoder:
 
     def _clear(self) -> None:
         self.index: dict[str, int] = {}
+        self.pretokens: dict[str, int] = {}
         self.starts = np.zeros(1024, dtype=np.int64)
         self.lens = np.zeros(1024, dtype=np.int64)
         self.ids = np.zeros(4096, dtype=np.uint32)
@@ -114,7 +125,11 @@ class FastBpeEncoder:
         """Append table entries (a unit's ids, or a whole document's) and return their indices."""
         lens = np.fromiter((len(x) for x in id_lists), dtype=np.int64, count=len(id_lists))
         flat = np.fromiter((i for x in id_lists for i in x), dtype=np.uint32, count=int(lens.sum()))
-        k, n = self.n_entries, len(id_lists)
+        return self._add_flat(flat, lens)
+
+    def _add_flat(self, flat: np.ndarray, lens: np.ndarray) -> range:
+        """Append entries given as one flat id array and each entry's number of ids."""
+        k, n = self.n_entries, len(lens)
         size = len(self.starts)
         while k + n > size:
             size *= 2
@@ -132,6 +147,34 @@ class FastBpeEncoder:
         self.n_ids += len(flat)
         self.n_entries += n
         return range(k, k + n)
+
+    def _gather(self, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of table ``entries`` back to back, and the cumulative id counts (len(entries) + 1 bounds)."""
+        lens = self.lens[entries]
+        cum = np.zeros(len(entries) + 1, dtype=np.int64)
+        np.cumsum(lens, out=cum[1:])
+        # Output position j of entry e reads ids[starts[e] + (j - cum[e's slot])].
+        gather = np.repeat(self.starts[entries] - cum[:-1], lens) + np.arange(cum[-1], dtype=np.int64)
+        return self.ids[gather], cum
+
+    def _encode_units(self, units: list[str]) -> range:
+        """Add new units to the table: ASCII ones as their pre-tokens' ids, others encoded whole by tokenizers.
+
+        Pre-tokens (and non-ASCII units) are table entries too, keyed in ``self.pretokens``.
+        """
+        split = ASCII_PRETOKEN.findall
+        cut = [split(u) if u.isascii() else [u] for u in units]
+        flat_pieces = [p for c in cut for p in c]
+        known = self.pretokens
+        want = [p for p in dict.fromkeys(flat_pieces) if p not in known]
+        if want:
+            encs = self.tok.encode_batch(want, add_special_tokens=False)
+            known.update(zip(want, self._add([e.ids for e in encs]), strict=True))
+        entries = np.fromiter(map(known.__getitem__, flat_pieces), dtype=np.int64, count=len(flat_pieces))
+        flat, cum = self._gather(entries)
+        bounds = np.zeros(len(units) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, cut), dtype=np.int64, count=len(cut)), out=bounds[1:])
+        return self._add_flat(flat, np.diff(cum[bounds]))
 
     def _exact(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
@@ -171,15 +214,9 @@ class FastBpeEncoder:
             # A pre-token encoded alone is that same pre-token (the expression matches it whole), so the
             # misses of a batch go through tokenizers once, in Rust, and join the table.
             new = list(dict.fromkeys([pieces[i] for i in missing.tolist()]))
-            encs = self.tok.encode_batch(new, add_special_tokens=False)
-            self.index.update(zip(new, self._add([e.ids for e in encs]), strict=True))
+            self.index.update(zip(new, self._encode_units(new), strict=True))
             entries[missing] = [self.index[pieces[i]] for i in missing.tolist()]
-        lens = self.lens[entries]
-        cum = np.zeros(len(entries) + 1, dtype=np.int64)
-        np.cumsum(lens, out=cum[1:])
-        # Gather: output position j of entry e reads ids[starts[e] + (j - cum[e's slot])].
-        gather = np.repeat(self.starts[entries] - cum[:-1], lens) + np.arange(cum[-1], dtype=np.int64)
-        flat = self.ids[gather]
+        flat, cum = self._gather(entries)
         tok_bounds = cum[doc_pieces]
         lengths = np.diff(tok_bounds)
         self._verify(texts, flat, tok_bounds)

@@ -336,3 +336,14 @@ def test_tokenizer_and_tokens_stages_through_the_runner(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in tokens.rglob("*.arrow")}
     assert run_recipe(validate_recipe(raw)).status == DONE  # a rerun is a no-op
     assert {p: p.stat().st_mtime_ns for p in tokens.rglob("*.arrow")} == before
+
+
+def test_ascii_units_built_from_pretokens_match_tokenizers(bpe):
+    """New ASCII units are assembled from their pre-tokens' ids: random ASCII (controls, quotes, contractions)."""
+    rng = np.random.default_rng(7)
+    alphabet = [chr(c) for c in range(128)] + ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", " '", "''"] * 4
+    texts = ["".join(rng.choice(alphabet, size=int(rng.integers(1, 120)))) for _ in range(400)]
+    enc = FastBpeEncoder(bpe, verify_every=0)
+    flat, lengths = enc.encode(texts)
+    assert _split(flat, lengths) == _exact(bpe, texts)
+    assert enc.pretokens and enc.stats["exact_fallback_docs"] == 0  # the pre-token path was taken

@@ -121,3 +121,84 @@ def test_validate_catches_truncation_at_a_batch_boundary_and_a_flipped_byte(tmp_
     flipped[len(flipped) - 40] ^= 0x01
     shard.write_bytes(bytes(flipped))
     assert any("sha256" in p for p in validate_folder(tmp_path / "t"))
+
+
+def _batch_ends(data):
+    """Byte offsets in a stream file where each record batch message ends (a cut there reads cleanly)."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    src = pa.BufferReader(data)
+    reader = ipc.MessageReader.open_stream(src)
+    ends = []
+    while True:
+        try:
+            msg = reader.read_next_message()
+        except StopIteration:
+            break
+        if msg.type == "record batch":
+            ends.append(src.tell())
+    return ends
+
+
+def test_cli_validate_and_every_reader_fail_on_a_cut_at_a_batch_boundary_and_a_flipped_byte(tmp_path):
+    from typer.testing import CliRunner
+
+    from corpusforge.cli import app
+    from corpusforge.errors import ShardError
+    from corpusforge.shards import document_at, export_nanogpt
+
+    tok = train_tokenizer(TEXTS, vocab_size=400)
+    folder = tmp_path / "t"
+    m = write_token_shards(_docs(), tok, folder, val_fraction=0.0, batch_docs=50)
+    runner = CliRunner()
+    assert runner.invoke(app, ["validate", str(folder)]).exit_code == 0
+    shard = folder / m["files"][0]["name"]
+    data = shard.read_bytes()
+    ends = _batch_ends(data)
+    assert len(ends) >= 3
+    # Cut right after the second record batch: no end-of-stream marker, but every remaining message whole,
+    # so pyarrow reads the two batches without complaint.
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    shard.write_bytes(data[: ends[1]])
+    assert sum(b.num_rows for b in ipc.open_stream(pa.BufferReader(data[: ends[1]]))) == 100
+    r = runner.invoke(app, ["validate", str(folder)])
+    assert r.exit_code == 1 and "FAIL" in r.output and "truncated" in r.output
+    for read in (
+        lambda: token_arrays(folder, "train"),
+        lambda: list(iter_lineage(folder, "train")),
+        lambda: document_at(folder, 10**6, "train"),
+        lambda: export_nanogpt(folder, tmp_path / "nano"),
+    ):
+        with pytest.raises(ShardError, match="manifest|run corpusforge validate"):
+            read()
+    # The same size with one byte flipped inside the token values: validate (sha256) and the verifying readers.
+    flipped = bytearray(data)
+    flipped[ends[0] - 64] ^= 0x01
+    shard.write_bytes(bytes(flipped))
+    r = runner.invoke(app, ["validate", str(folder)])
+    assert r.exit_code == 1 and "sha256" in r.output
+    with pytest.raises(ShardError, match="sha256"):
+        token_arrays(folder, "train", verify=True)
+    with pytest.raises(ShardError, match="sha256"):
+        export_nanogpt(folder, tmp_path / "nano2")
+    assert not (tmp_path / "nano2" / "manifest.json").exists()
+
+
+def test_readers_check_row_counts_even_when_the_size_matches(tmp_path):
+    """A manifest whose row count disagrees (same bytes) is refused by the readers, not read as is."""
+    from corpusforge.errors import ShardError
+
+    tok = train_tokenizer(TEXTS, vocab_size=400)
+    folder = tmp_path / "t"
+    write_token_shards(_docs(), tok, folder, val_fraction=0.0, batch_docs=50)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][0]["rows"] += 1
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match="rows"):
+        token_arrays(folder, "train")
+    with pytest.raises(ShardError, match="rows"):
+        list(iter_lineage(folder, "train"))
+

@@ -38,6 +38,41 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def read_capped(r, max_bytes: int, deadline: float) -> tuple[bytes, str | None]:  # type: ignore[no-untyped-def]
+    """Read a streamed ``requests`` response's decompressed body up to ``max_bytes`` and a monotonic deadline.
+
+    Returns the bytes read and a named error (``too_large``, ``timeout``, ``data_loss``) or None. Closes ``r``.
+    """
+    import requests
+
+    chunks: list[bytes] = []
+    size = 0
+    error = None
+    try:
+        # decode_content=True: the cap applies to the decompressed bytes (gzip/deflate/brotli bombs).
+        # read1: returns as soon as some bytes arrive, so a trickling server cannot hold one read open
+        # past the total deadline (stream() would wait for a full 64 KiB chunk).
+        while True:
+            chunk = r.raw.read1(64 * 1024, decode_content=True)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > max_bytes:
+                error = "too_large"
+                break
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                error = "timeout"
+                break
+    except requests.exceptions.RequestException:
+        error = "data_loss"
+    except Exception as exc:  # urllib3 ProtocolError, DecodeError, IncompleteRead, socket timeouts
+        error = "timeout" if "timed out" in str(exc).lower() else "data_loss"
+    finally:
+        r.close()
+    return b"".join(chunks), error
+
+
 class RequestsFetcher:
     """Shared requests-based fetch loop (used by the requests+lxml and requests+bs4 backends).
 
@@ -93,37 +128,13 @@ class RequestsFetcher:
                 request.url, request.url, 0, {}, b"", error="connection_error", elapsed_s=time.monotonic() - t0
             )
         headers = {k.lower(): v for k, v in r.headers.items()}
-        chunks: list[bytes] = []
-        size = 0
-        error = None
-        try:
-            # decode_content=True: the cap applies to the decompressed bytes (gzip/deflate/brotli bombs).
-            # read1: returns as soon as some bytes arrive, so a trickling server cannot hold one read open
-            # past the total deadline (stream() would wait for a full 64 KiB chunk).
-            while True:
-                chunk = r.raw.read1(64 * 1024, decode_content=True)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > request.max_bytes:
-                    error = "too_large"
-                    break
-                chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    error = "timeout"
-                    break
-        except requests.exceptions.RequestException:
-            error = "data_loss"
-        except Exception as exc:  # urllib3 ProtocolError, DecodeError, IncompleteRead, socket timeouts
-            error = "timeout" if "timed out" in str(exc).lower() else "data_loss"
-        finally:
-            r.close()
+        body, error = read_capped(r, request.max_bytes, deadline)
         return FetchResponse(
             request.url,
             request.url,
             r.status_code,
             headers,
-            b"".join(chunks),
+            body,
             error=error,
             elapsed_s=time.monotonic() - t0,
         )

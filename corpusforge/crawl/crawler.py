@@ -33,6 +33,7 @@ from corpusforge.storage import ShardWriter
 log = logging.getLogger(__name__)
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
+XML_TYPES = ("application/xml", "text/xml")
 KEPT_HEADERS = ("content-type", "content-language", "last-modified", "etag", "x-robots-tag")
 # Transient failures: retried with exponential backoff until the retry budget is spent.
 RETRYABLE_ERRORS = ("timeout", "data_loss", "connection_error", "browser_crashed")
@@ -133,6 +134,20 @@ def visible_text_chars(html: str) -> int:
     for bad in root.xpath("//script|//style|//noscript|//template"):
         bad.drop_tree()
     return len(" ".join(root.text_content().split()))
+
+
+def sitemap_locs(body: bytes) -> list[str] | None:
+    """``<loc>`` URLs of a sitemap or sitemap index, or None when the body is not one (no entities, no network)."""
+    import lxml.etree
+
+    parser = lxml.etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    try:
+        root = lxml.etree.fromstring(body, parser)
+    except (lxml.etree.XMLSyntaxError, ValueError):
+        return None
+    if root is None or lxml.etree.QName(root).localname not in ("urlset", "sitemapindex"):
+        return None
+    return [str(t).strip() for t in root.xpath("//*[local-name()='loc']/text()") if str(t).strip()]
 
 
 def _optouts(headers: dict[str, str], html: str) -> list[str]:
@@ -409,6 +424,15 @@ class Crawler:
                 self._drop(item.url, f"http_{resp.status}")
                 return
             ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype in XML_TYPES or item.url in self.spider.sitemaps:
+                locs = sitemap_locs(resp.body)
+                if locs is not None:
+                    # A sitemap is read, not stored: its entries are queued like links (one level deeper).
+                    self._drop(item.url, "sitemap_read")
+                    self._count("sitemap_urls", len(locs))
+                    for loc in locs:
+                        self._admit(loc, item.depth + 1)
+                    return
             if ctype and ctype not in HTML_TYPES:
                 self._drop(item.url, "content_type")
                 return
@@ -429,8 +453,9 @@ class Crawler:
                     return
                 self.host_next[host] = time.monotonic() + delay
                 r = self.backend.render(self._request(url))
-                if r.started_s is not None:  # the browser had to start first: the slot counts from the request
-                    self.host_next[host] = max(self.host_next[host], r.started_s + delay)
+                # We cannot see when Chromium's request reached the host (it may leave well after driver.get),
+                # so the next slot counts from the end of the render: the host never sees a shorter gap.
+                self.host_next[host] = max(self.host_next[host], time.monotonic() + delay)
                 self._count("renders")
                 if r.error:
                     if r.error in RETRYABLE_ERRORS:
@@ -524,7 +549,7 @@ class Crawler:
     def run(self) -> CrawlOutcome:
         self._recover()
         if self.frontier.is_empty():
-            for seed in self.seeds:
+            for seed in [*self.seeds, *self.spider.sitemaps]:
                 self._admit(seed, 0)
             self._commit()
         partial = False

@@ -8,6 +8,7 @@ A spider is a TOML file (``spiders/<name>.toml``)::
     include = ['^https://docs\\.python\\.org/3/library/']   # follow only links matching one of these
     exclude = ['/genindex', '\\.zip$']                        # never follow links matching these
     max_depth = 3
+    sitemaps = ["https://docs.python.org/sitemap.xml"]  # optional: their <loc> URLs are queued like links
     selectors = ["div.body"]       # main-content CSS selectors for extraction (optional)
     [politeness]                   # only stricter than the recipe's floor
     min_delay_s = 2.0
@@ -50,6 +51,7 @@ class Spider:
     exclude: list[str] = field(default_factory=list)
     max_depth: int = 5
     selectors: list[str] = field(default_factory=list)
+    sitemaps: list[str] = field(default_factory=list)  # sitemap (or sitemap index) URLs, read like seeds
     min_delay_s: float = 0.0  # per-site politeness; the crawler uses max(recipe floor, this)
     checks: list[dict[str, Any]] = field(default_factory=list)
     base_dir: Path = Path(".")
@@ -116,6 +118,7 @@ _KEYS: dict[str, Any] = {
     "exclude": list[str],
     "max_depth": int,
     "selectors": list[str],
+    "sitemaps": list[str],
     "politeness": dict,
     "checks": list[dict],
     "description": str,
@@ -173,6 +176,7 @@ def load_spider(ref: str, *, path: str = "spider") -> Spider:
         exclude=raw.get("exclude", []),
         max_depth=raw.get("max_depth", 5),
         selectors=raw.get("selectors", []),
+        sitemaps=raw.get("sitemaps", []),
         min_delay_s=delay,
         checks=raw.get("checks", []),
         base_dir=file.parent,

@@ -120,3 +120,66 @@ def partial_body(h: Any) -> None:
     h.wfile.write(b"<html><body>only part of the page")
     h.wfile.flush()
     h.close_connection = True
+
+
+def deflate_bomb(decompressed_bytes: int) -> tuple[int, dict[str, str], bytes]:
+    import zlib
+
+    body = zlib.compress(b"\0" * decompressed_bytes, 9)
+    return 200, {"Content-Type": "text/html", "Content-Encoding": "deflate"}, body
+
+
+def brotli_bomb(decompressed_bytes: int) -> tuple[int, dict[str, str], bytes]:
+    import brotli
+
+    body = brotli.compress(b"\0" * decompressed_bytes, quality=5)
+    return 200, {"Content-Type": "text/html", "Content-Encoding": "br"}, body
+
+
+def stacked_bomb(decompressed_bytes: int) -> tuple[int, dict[str, str], bytes]:
+    """gzip inside gzip: ``Content-Encoding: gzip, gzip``."""
+    body = gzip.compress(gzip.compress(b"\0" * decompressed_bytes, compresslevel=9), compresslevel=9)
+    return 200, {"Content-Type": "text/html", "Content-Encoding": "gzip, gzip"}, body
+
+
+def chunked(chunks: Any, *, terminate: bool = True, reset: bool = False) -> Callable[[Any], None]:
+    """A chunked body from an iterable of byte strings; ``terminate=False`` ends with a bad chunk size line."""
+
+    def handler(h: Any) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/html")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        try:
+            for c in chunks():
+                h.wfile.write(f"{len(c):x}\r\n".encode() + c + b"\r\n")
+                h.wfile.flush()
+            if reset:
+                import socket
+                import struct
+
+                # SO_LINGER 0: close() sends a TCP reset instead of a clean FIN.
+                h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                h.connection.close()
+            elif terminate:
+                h.wfile.write(b"0\r\n\r\n")
+            else:
+                h.wfile.write(b"zz-not-a-size\r\n")
+                h.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass
+        h.close_connection = True
+
+    return handler
+
+
+def endless_chunks(size: int = 64 << 10, max_s: float = 20.0) -> Callable[[], Any]:
+    """Chunks forever (bounded at ``max_s`` so a failing test cannot hang the server)."""
+
+    def gen() -> Any:
+        end = time.monotonic() + max_s
+        block = b"<p>" + b"y" * (size - 7) + b"</p>"
+        while time.monotonic() < end:
+            yield block
+
+    return gen

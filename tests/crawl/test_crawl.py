@@ -14,7 +14,18 @@ from corpusforge.recipe import validate_recipe
 from corpusforge.runner import DONE, PARTIAL, run_recipe
 from corpusforge.storage import iter_documents, manifest_paths, validate_folder
 from tests.conftest import cli_env
-from tests.crawl.faultserver import FaultServer, gzip_bomb, html, partial_body, trickle
+from tests.crawl.faultserver import (
+    FaultServer,
+    brotli_bomb,
+    chunked,
+    deflate_bomb,
+    endless_chunks,
+    gzip_bomb,
+    html,
+    partial_body,
+    stacked_bomb,
+    trickle,
+)
 
 FAST = {"min_delay_s": 0.0, "backoff_s": 0.05, "timeout_s": 3.0, "max_retries": 2}
 
@@ -29,8 +40,27 @@ def _browser_missing() -> bool:
 needs_browser = pytest.mark.skipif(
     _browser_missing() and not os.environ.get("CI"), reason="chromium/chromedriver not installed (apt-get install chromium chromium-driver)"
 )
+
+
+def _langchain_missing() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("langchain_community") is None
+
+
+# The optional langchain backend runs wherever its extra is installed (the dev extra, so CI runs it).
+needs_langchain = pytest.mark.skipif(
+    _langchain_missing() and not os.environ.get("CI"), reason="optional extra: pip install corpusforge[langchain]"
+)
 # One behaviour suite, every backend (RELIABILITY items 1-17).
-BACKENDS = ["requests+lxml", "requests+bs4", "scrapy", pytest.param("selenium", marks=needs_browser)]
+BACKENDS = [
+    "requests+lxml",
+    "requests+bs4",
+    "scrapy",
+    pytest.param("selenium", marks=needs_browser),
+    pytest.param("auto", marks=needs_browser),
+    pytest.param("langchain", marks=needs_langchain),
+]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -40,7 +70,8 @@ def backend(request) -> str:
 
 def per_page(backend: str) -> int:
     """Requests per stored HTML page: the browser backend renders after the static fetch."""
-    return 2 if backend == "selenium" else 1
+    # "auto" renders these small pages too: their static HTML has less text than min_text_chars.
+    return 2 if backend in ("selenium", "auto") else 1
 
 
 @pytest.fixture
@@ -299,15 +330,121 @@ def test_recrawl_sends_conditional_requests_and_stores_only_changes(tmp_path, se
     assert [h.headers.get("if-none-match") for h in s.log if h.path == "/etag"] == [None, '"v1"']
 
 
-def test_cookies_and_userinfo_never_cross_hosts_or_ports(tmp_path, servers):
+def test_cookies_and_userinfo_never_cross_hosts_or_ports(tmp_path, servers, backend):
     b = servers(host="127.0.0.2", routes={"/": html("b")})
     a2 = servers(routes={"/": html("a2")})
     a = servers(routes={"/": (200, {"Content-Type": "text/html", "Set-Cookie": "sid=secret"},
                               f'<a href="{b.base}/">b</a><a href="{a2.base}/">a2</a><a href="/again">x</a>'.encode()),
                         "/again": html("again")})
     seed = a.base.replace("http://", "http://user:pw@") + "/"
-    res, docs, step = crawl(tmp_path, [seed], ["127.0.0.1", "127.0.0.2"])
+    res, docs, step = crawl(tmp_path, [seed], ["127.0.0.1", "127.0.0.2"], backend=backend)
     assert len(docs) == 4
     for server in (a, a2, b):
         assert all("authorization" not in h.headers for h in server.log)
     assert all("cookie" not in h.headers for h in b.log + a2.log)
+
+
+def test_every_bomb_encoding_endless_chunks_broken_chunking_and_resets(tmp_path, servers, backend):
+    """Items 7, 8, 10: deflate, brotli and stacked bombs and an endless chunked body stop at the cap;
+    broken chunking and a reset mid-body are data loss, never stored."""
+    small = lambda: iter([b"<html><body>", b"a first part"])  # noqa: E731
+    s = servers(
+        routes={
+            "/": html("".join(f'<a href="/{p}">{p}</a>' for p in ("deflate", "br", "stacked", "endless", "broken", "reset", "ok"))),
+            "/deflate": deflate_bomb(50 << 20),
+            "/br": brotli_bomb(50 << 20),
+            "/stacked": stacked_bomb(50 << 20),
+            "/endless": chunked(endless_chunks(max_s=15)),
+            "/broken": chunked(small, terminate=False),
+            "/reset": chunked(small, reset=True),
+            "/ok": html("fine"),
+        }
+    )
+    t0 = time.monotonic()
+    res, docs, step = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"], max_bytes=256 << 10, max_retries=1, backend=backend)
+    assert time.monotonic() - t0 < 60
+    assert sorted(d.url.rsplit("/", 1)[1] for d in docs) == ["", "ok"]
+    assert step["dropped"]["too_large"] == 4, step["dropped"]
+    assert step["dropped"]["data_loss"] == 2, step["dropped"]
+    # Data loss is transient: each was tried again once before it was given up.
+    assert s.paths().count("/broken") == 2 and s.paths().count("/reset") == 2
+
+
+def test_robots_huge_trickled_and_redirect_chained(tmp_path, servers, backend):
+    """Item 3: a huge robots.txt is parsed up to its cap; one that trickles past the deadline or redirects
+    past the cap leaves its host disallowed."""
+    huge = b"User-agent: *\nDisallow: /private/\n" + b"# padding padding padding padding\n" * 20000  # ~700 KiB
+    a = servers(routes=site(2) | {"/robots.txt": (200, {"Content-Type": "text/plain"}, huge)})
+    b = servers(host="127.0.0.2", routes=site(2) | {"/robots.txt": trickle(0.3, 20)})
+    chain = {f"/r{i}": (302, {"Location": f"/r{i + 1}"}, b"") for i in range(10)}
+    c = servers(host="127.0.0.3", routes=site(2) | chain | {"/robots.txt": (302, {"Location": "/r0"}, b"")})
+    seeds = [a.base + "/", b.base + "/", c.base + "/"]
+    t0 = time.monotonic()
+    res, docs, step = crawl(tmp_path, seeds, ["127.0.0.1", "127.0.0.2", "127.0.0.3"], timeout_s=2.0, backend=backend)
+    assert time.monotonic() - t0 < 60
+    assert "/private/secret.html" not in a.paths()
+    assert [p for p in b.paths() if p != "/robots.txt"] == []
+    assert [p for p in c.paths() if not p.startswith(("/robots.txt", "/r"))] == []
+    assert len([p for p in c.paths() if p.startswith("/r")]) <= 6  # the redirect cap (5 hops)
+    assert step["dropped"]["robots_unavailable"] >= 2
+    if backend == "scrapy":
+        # Scrapy cancels a body over download_maxsize without handing over its first bytes: the host is
+        # then treated as unavailable (the safe side of RFC 9309), so nothing of it is fetched.
+        assert [p for p in a.paths() if p != "/robots.txt"] == []
+    else:
+        assert {d.url.rsplit("/", 1)[1] for d in docs} == {"", "p0.html", "p1.html"}
+
+
+def test_three_hosts_keep_their_own_delay_and_do_not_stall_each_other(tmp_path, servers, backend):
+    """Item 5: per host at most one request in flight and at least the minimum delay between starts."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+
+    def slow(host):
+        def handler(h):
+            t = time.monotonic()
+            time.sleep(0.05)
+            h.reply(*html("<p>a page</p>"))
+            spans.setdefault(host, []).append((t, time.monotonic()))
+
+        return handler
+
+    made = []
+    for host in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+        links = "".join(f'<a href="/p{i}">p</a>' for i in range(3))
+        made.append(servers(host=host, routes={"/": html(links)} | {f"/p{i}": slow(host) for i in range(3)}))
+    t0 = time.monotonic()
+    res, docs, step = crawl(
+        tmp_path, [m.base + "/" for m in made], ["127.0.0.1", "127.0.0.2", "127.0.0.3"], min_delay_s=0.6, backend=backend
+    )
+    elapsed = time.monotonic() - t0
+    assert len(docs) == 12
+    for m in made:
+        starts = sorted(h.t for h in m.log if h.path != "/robots.txt")
+        assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) >= 0.55, m.host
+    for host, sp in spans.items():
+        sp.sort()
+        assert all(b[0] >= a[1] for a, b in zip(sp, sp[1:], strict=False)), host  # never two at once
+    # 4 pages x per_page requests per host at 0.6 s: serially over hosts it would take 3x as long.
+    assert elapsed < 3 * 4 * per_page(backend) * 0.6
+
+
+def test_503_backs_off_exponentially_and_other_hosts_go_on(tmp_path, servers, backend):
+    """Item 6 without Retry-After: gaps double; the failing host does not hold the healthy one back."""
+    calls = []
+
+    def down(h):
+        calls.append(time.monotonic())
+        h.reply(503, {"Content-Type": "text/html"}, b"down")
+
+    bad = servers(routes={"/": down})
+    links = "".join(f'<a href="/p{i}">p</a>' for i in range(3))
+    good = servers(host="127.0.0.2", routes={"/": html(links)} | {f"/p{i}": html("ok") for i in range(3)})
+    res, docs, step = crawl(
+        tmp_path, [bad.base + "/", good.base + "/"], ["127.0.0.1", "127.0.0.2"], backoff_s=0.3, max_retries=3, backend=backend
+    )
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    assert len(calls) == 4 and step["dropped"]["http_503"] == 1
+    assert gaps[0] >= 0.28 and gaps[1] >= 0.58 and gaps[2] >= 1.18  # 0.3, 0.6, 1.2 s
+    assert len(docs) == 4
+    good_starts = [h.t for h in good.log if h.path != "/robots.txt"]
+    assert max(good_starts) < calls[-1]  # the healthy host finished while the other backed off

@@ -53,6 +53,7 @@ def _reactor() -> Any:
 
 def _error_name(failure: Any) -> str:
     """Our name for a Scrapy/Twisted download failure."""
+    import scrapy.exceptions
     from twisted.internet import defer, error
     from twisted.web._newclient import ResponseFailed
 
@@ -60,8 +61,14 @@ def _error_name(failure: Any) -> str:
     text = f"{type(exc).__name__} {exc}".lower()
     if "max size" in text or "maxsize" in text:
         return "too_large"  # cancelled by the download handler, or refused by the decompression middleware
-    if isinstance(exc, error.TimeoutError | defer.TimeoutError) or "took longer than" in text:
+    timeouts = (error.TimeoutError, defer.TimeoutError, getattr(scrapy.exceptions, "DownloadTimeoutError", error.TimeoutError))
+    if isinstance(exc, timeouts) or "took longer than" in text:
         return "timeout"
+    cancelled = (defer.CancelledError, getattr(scrapy.exceptions, "DownloadCancelledError", defer.CancelledError))
+    if isinstance(exc, cancelled):
+        # The HTTP/1.1 handler cancels a body that grows past download_maxsize while it arrives (an endless
+        # chunked body); a cancel by download_timeout reaches us as a timeout error instead (checked above).
+        return "too_large"
     if isinstance(exc, ResponseFailed) or "dataloss" in text or "data loss" in text:
         return "data_loss"
     if isinstance(exc, error.ConnectError | error.DNSLookupError | error.ConnectionLost):

@@ -246,6 +246,9 @@ class SeleniumBackend(RequestsFetcher):
                 self._driver.set_page_load_timeout(request.timeout_s)
                 self._driver.set_script_timeout(request.timeout_s)
                 self._page_timeout_s = request.timeout_s
+            # Chromium keys cookies by host, not port or scheme: forget every cookie so none set by one
+            # page reaches another host, scheme or port (the static fetches keep one jar per host key).
+            self._driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
             started = time.monotonic()
             self._driver.get(request.url)
             html = self._driver.page_source
