@@ -79,7 +79,7 @@ def build_recipe(
         "stages": [
             source_stage(source),
             *clean_stages(near_dedup=near_dedup),
-            *token_stages(vocab_size=vocab_size, algorithm=tokenizer),
+            *token_stages(corpus="near_dedup" if near_dedup else "dedup", vocab_size=vocab_size, algorithm=tokenizer),
         ],
     }
 

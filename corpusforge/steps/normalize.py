@@ -17,7 +17,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 
 
-def normalize_text(text: str, *, form: str = "NFC", fix_mojibake: bool = True) -> str:
+def normalize_text(
+    text: str, *, form: Literal["NFC", "NFKC", "NFD", "NFKD"] = "NFC", fix_mojibake: bool = True
+) -> str:
     if fix_mojibake:
         import ftfy
 

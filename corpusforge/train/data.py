@@ -20,10 +20,11 @@ from corpusforge.errors import ConfigError
 
 
 class TokenData:
-    def __init__(self, tokens_dir: Path, split: str, block_size: int, seed: int) -> None:
+    def __init__(self, tokens_dir: Path, split: str, block_size: int, seed: int, *, verify: bool = False) -> None:
         from corpusforge.shards import token_arrays
 
-        self.arrays = [a for a in token_arrays(tokens_dir, split) if len(a) > block_size + 1]
+        # verify: sha256 of every shard against the manifest before training reads a token (one pass).
+        self.arrays = [a for a in token_arrays(tokens_dir, split, verify=verify) if len(a) > block_size + 1]
         if not self.arrays:
             raise ConfigError(
                 f"{tokens_dir}: the {split!r} split has no shard longer than block_size + 1 = {block_size + 1} "
@@ -54,7 +55,7 @@ class TokenData:
         return x, y
 
     def state(self) -> dict[str, Any]:
-        return self.rng.bit_generator.state
+        return dict(self.rng.bit_generator.state)
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from corpusforge.errors import ConfigError, require
-from corpusforge.train.model import GPT, sinusoidal_table
+from corpusforge.train.model import GPT, Block, sinusoidal_table
 from corpusforge.train.sample import find_tokenizer, load_model
 
 __all__ = ["export_gpt2", "gpt2_state_dict", "load_model"]
@@ -28,14 +29,15 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     sd: dict[str, torch.Tensor] = {"transformer.wte.weight": model.wte.weight.detach().clone()}
     sd["transformer.wpe.weight"] = (model.wpe.weight.detach().clone() if c.pos_encoding == "learned"
                                     else sinusoidal_table(c.block_size, c.n_embd))
-    for i, b in enumerate(model.blocks):
+    for i, blk in enumerate(model.blocks):
+        b = cast(Block, blk)
         p = f"transformer.h.{i}."
 
-        def ln(name: str, m: torch.nn.LayerNorm) -> None:
+        def ln(name: str, m: torch.nn.LayerNorm, p: str = p) -> None:
             sd[p + name + ".weight"] = m.weight.detach().clone()
             sd[p + name + ".bias"] = m.bias.detach().clone() if m.bias is not None else zeros(c.n_embd)
 
-        def lin(name: str, m: torch.nn.Linear) -> None:
+        def lin(name: str, m: torch.nn.Linear, p: str = p) -> None:
             sd[p + name + ".weight"] = m.weight.detach().t().contiguous()  # Linear (out, in) → Conv1D (in, out)
             sd[p + name + ".bias"] = m.bias.detach().clone() if m.bias is not None else zeros(m.out_features)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn as nn
@@ -146,7 +146,10 @@ class GPT(nn.Module):
         """idx (B, T) int64 → logits (B, T, vocab); loss = mean cross-entropy when targets (B, T) are given."""
         B, T = idx.shape
         assert T <= self.cfg.block_size, f"sequence of {T} tokens exceeds block_size {self.cfg.block_size}"
-        pos = self.wpe(torch.arange(T, device=idx.device)) if self.cfg.pos_encoding == "learned" else self.pos_table[:T]
+        if self.cfg.pos_encoding == "learned":
+            pos = self.wpe(torch.arange(T, device=idx.device))
+        else:
+            pos = cast(torch.Tensor, self.pos_table)[:T]  # a registered buffer
         x = self.drop(self.wte(idx) + pos)
         for block in self.blocks:
             x = block(x)

@@ -80,6 +80,7 @@ class TrainConfig:
     compile: bool = False
     threads: int | None = None
     deterministic: bool = False
+    verify_data: bool = True  # sha256 of every token shard against its manifest before training starts
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(
@@ -264,7 +265,8 @@ def train(
     # Fused AdamW: one kernel per step over all parameters (CPU and CUDA); the update is the same AdamW.
     opt_kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "fused": True}
     optimizer = torch.optim.AdamW(model.param_groups(cfg.weight_decay), **opt_kwargs)
-    train_data = TokenData(tokens_dir, "train", cfg.block_size, cfg.seed + rank)  # each rank its own windows
+    # Each rank draws its own windows; shards are checked against the manifest's sha256 before use.
+    train_data = TokenData(tokens_dir, "train", cfg.block_size, cfg.seed + rank, verify=cfg.verify_data)
     fingerprint = data_fingerprint(tokens_dir)
     ck_dir = out_dir / "checkpoints"
     step = 0
@@ -297,7 +299,7 @@ def train(
         step = int(st["step"])
         say(f"resumed from {loaded.path} at step {step}")
     val_split = "val" if manifest.get("tokens", {}).get("val", 1) > cfg.block_size + 1 else "train"
-    val_data = TokenData(tokens_dir, val_split, cfg.block_size, cfg.seed + 1)
+    val_data = TokenData(tokens_dir, val_split, cfg.block_size, cfg.seed + 1, verify=cfg.verify_data)
     bpt = _bytes_per_token(tokens_dir)
     run_model: Any = torch.compile(model) if cfg.compile else model
     if world > 1:

@@ -200,3 +200,28 @@ def test_ddp_with_two_gloo_processes(tokens, tmp_path):
     assert loaded.state["data_states"][0] != loaded.state["data_states"][1]  # each rank drew its own windows
     losses = _losses(tmp_path / "o")
     assert sorted(losses) == list(range(1, 21)) and losses[20] < losses[1]
+
+
+def test_a_flipped_byte_in_the_shards_is_refused_before_training(tokens, tmp_path):
+    """A shard altered after the tokens stage wrote it fails loudly (sha256 against the manifest), by the
+    trainer and by the CLI with exit 1, before any checkpoint exists."""
+    import shutil
+
+    from corpusforge.errors import ShardError
+
+    bad = tmp_path / "tokens"
+    shutil.copytree(tokens, bad)
+    shard = sorted((bad / "train").glob("*.arrow"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the token values: sizes and row counts still match the manifest
+    shard.write_bytes(bytes(data))
+    out = tmp_path / "o"
+    with pytest.raises(ShardError, match="sha256"):
+        train(TrainConfig(**TINY, max_iters=2, eval_interval=2), bad, out, quiet=True)
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+    proc = subprocess.run(
+        [sys.executable, "-m", "corpusforge.cli", "train", str(bad), "--out", str(tmp_path / "o2"), "--set", "max_iters=2"],
+        capture_output=True, text=True, env=cli_env(), timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert shard.name in proc.stdout + proc.stderr
