@@ -11,9 +11,10 @@ from typing import Any
 
 
 def clean_stages(
-    *, near_dedup: bool = True, tasks: int = 2, min_words: int = 50, extractor: str = "trafilatura"
+    *, near_dedup: bool = True, tasks: int = 2, min_words: int = 50, extractor: str | None = "trafilatura"
 ) -> list[dict[str, Any]]:
-    """extract → normalize → quality filters → exact dedup (→ MinHash near-dedup)."""
+    """extract (HTML only: ``extractor=None`` for text) → normalize → quality filters → exact dedup (→ near-dedup)."""
+    extract = [{"type": "extract", "extractor": extractor}] if extractor else []
     stages: list[dict[str, Any]] = [
         {
             "kind": "process",
@@ -21,7 +22,7 @@ def clean_stages(
             "tasks": tasks,
             "keep_rejected": True,
             "steps": [
-                {"type": "extract", "extractor": extractor},
+                *extract,
                 {"type": "normalize"},
                 {"type": "length", "min_words": min_words},
                 {"type": "gopher_repetition"},
@@ -73,12 +74,15 @@ def build_recipe(
     name = Path(source).resolve().name.split(".")[0] or "build"
     if name == "crawl":  # runs/<x>/crawl → name the build after the run
         name = Path(source).resolve().parent.name
+    first = source_stage(source)
+    # JSONL holds text already; HTML folders, WARC files and crawls hold HTML to extract from.
+    extractor = None if first["kind"] == "read_jsonl" else "trafilatura"
     return {
         "name": name,
         "workdir": str(workdir or Path("runs") / f"{name}-build"),
         "stages": [
-            source_stage(source),
-            *clean_stages(near_dedup=near_dedup),
+            first,
+            *clean_stages(near_dedup=near_dedup, extractor=extractor),
             *token_stages(corpus="near_dedup" if near_dedup else "dedup", vocab_size=vocab_size, algorithm=tokenizer),
         ],
     }

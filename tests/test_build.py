@@ -37,4 +37,6 @@ def test_build_from_jsonl_writes_validated_token_shards(tmp_path, shared_data, n
     manifest = json.loads((w / "tokens" / "manifest.json").read_text())
     assert manifest["documents"]["train"] + manifest["documents"]["val"] == last["rows"] >= 30
     assert (w / "near_dedup").is_dir() == near_dedup
+    clean = json.loads((w / "clean" / "stats" / "stats.json").read_text())
+    assert [st["name"] for st in clean["steps"]][0] == "normalize"  # JSONL is text: no HTML extraction
     assert _cli("validate", str(w), cwd=tmp_path).returncode == 0
