@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from corpusforge.errors import ConfigError
+from corpusforge.errors import ConfigError, TaskError
 from corpusforge.recipe import Max, Min
 from corpusforge.stage import Stage, StageContext, TaskResult
 from corpusforge.stats import StepStats
@@ -330,6 +330,11 @@ class TokenizerStage(Stage):
             special_tokens=self.special_tokens,
             min_frequency=self.min_frequency,
         )
+        if stats.output == 0:  # a tokenizer of nothing but the byte alphabet would be useless downstream
+            raise TaskError(
+                f"no text to train the tokenizer on: its input {ctx.in_dir} holds 0 documents; the earlier stages' "
+                "'dropped (why)' counts say which filter removed them"
+            )
         out = ctx.out_dir
         path = out / "tokenizer.json"
         atomic_write_bytes(path, tok.to_str(pretty=True).encode("utf-8"))

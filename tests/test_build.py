@@ -40,3 +40,15 @@ def test_build_from_jsonl_writes_validated_token_shards(tmp_path, shared_data, n
     clean = json.loads((w / "clean" / "stats" / "stats.json").read_text())
     assert [st["name"] for st in clean["steps"]][0] == "normalize"  # JSONL is text: no HTML extraction
     assert _cli("validate", str(w), cwd=tmp_path).returncode == 0
+
+
+def test_build_where_every_document_is_filtered_fails_clearly(tmp_path):
+    """Text that every quality filter rejects: no useless tokenizer is written, exit 1 with the reason."""
+    rows = [{"id": f"d{i}", "text": "buy now " * 80} for i in range(5)]
+    src = tmp_path / "spam.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = _cli("build", str(src), "--workdir", "w", "--vocab-size", "300", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "no text to train the tokenizer on" in out.stderr
+    assert not (tmp_path / "w" / "tokenizer" / "tokenizer.json").exists()
+    assert not (tmp_path / "w" / "tokens").exists()
