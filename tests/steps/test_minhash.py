@@ -11,7 +11,19 @@ import numpy as np
 from corpusforge.document import Document
 from corpusforge.recipe import validate_recipe
 from corpusforge.runner import DONE, run_recipe
-from corpusforge.steps.dedup.shingles import jaccard, permutations, shingle_sets, signatures, word_hashes, words
+from corpusforge.steps.dedup import shingles
+from corpusforge.steps.dedup.shingles import (
+    band_hashes,
+    jaccard,
+    packed_shingles,
+    pair_jaccards,
+    permutations,
+    shingle_sets,
+    signatures,
+    signatures_numpy,
+    word_hashes,
+    words,
+)
 from corpusforge.storage import iter_documents, manifest_paths, read_table
 from tests.steps.test_steps import _shards
 
@@ -45,6 +57,39 @@ def test_vectorized_words_match_reference_and_signatures_estimate_jaccard():
     sig, has = signatures([a, b, ""], ngram=5, perms=permutations(256, 3))
     assert list(has) == [True, True, False]
     assert abs(float((sig[0] == sig[1]).mean()) - jaccard(sa, sb)) < 0.1
+
+
+def test_compiled_kernels_match_the_numpy_reference_and_ignore_batching(monkeypatch):
+    assert shingles.jit() is not None  # numba is a dependency: the compiled path is the one that runs
+    rng = random.Random(5)
+    texts = ["", "   ", "x", "a b", "a b c d", "a b c d e", "Hello, World! foo_bar Über café\x00x", "naïve 日本語"]
+    texts += ["bad \ud800 surrogate", "ONE two THREE four FIVE six"] + [
+        _text(rng, rng.randrange(1, 300)) for _ in range(60)
+    ]
+    texts.append(_edit(rng, texts[-1], 3))
+    perms = permutations(112, 1)
+    for n in (1, 3, 5):
+        sig, has = signatures(texts, ngram=n, perms=perms)
+        ref_sig, ref_has = signatures_numpy(texts, ngram=n, perms=perms)
+        assert (sig == ref_sig).all() and (has == ref_has).all()
+        # per document: the same values whatever the batch and the order
+        parts = [signatures(texts[k : k + 7], ngram=n, perms=perms)[0] for k in range(0, len(texts), 7)]
+        assert (np.concatenate(parts) == sig).all()
+        assert (signatures(texts[::-1], ngram=n, perms=perms)[0][::-1] == sig).all()
+        values, bounds = packed_shingles(texts, n)
+        pairs = np.array([(i, j) for i in range(len(texts)) for j in range(i, len(texts), 5)])
+        sets = shingle_sets(texts, n)
+        expect = [jaccard(sets[i], sets[j]) for i, j in pairs.tolist()]
+        assert np.allclose(pair_jaccards(values, bounds, pairs), expect)
+        bands = band_hashes(sig, 14, 8)
+        monkeypatch.setattr(shingles, "_JIT", False)  # the numpy fallback computes the same values
+        assert shingles.jit() is None
+        assert (band_hashes(sig, 14, 8) == bands).all()
+        v2, b2 = packed_shingles(texts, n)
+        assert (v2 == values).all() and (b2 == bounds).all()
+        assert np.allclose(pair_jaccards(values, bounds, pairs), expect)
+        assert (signatures(texts, ngram=n, perms=perms)[0] == sig).all()
+        monkeypatch.undo()
 
 
 def _recipe(tmp_path, name, input_dir, **minhash):

@@ -38,7 +38,7 @@ from corpusforge.recipe import Max, Min
 from corpusforge.stage import Stage, StageContext, TaskResult
 from corpusforge.stats import StepStats
 from corpusforge.steps.dedup.index import BandIndex, matches
-from corpusforge.steps.dedup.shingles import band_hashes, jaccard, permutations, shingle_sets, signatures
+from corpusforge.steps.dedup.shingles import band_hashes, packed_shingles, pair_jaccards, permutations, signatures
 from corpusforge.storage import ShardWriter, iter_documents, load_manifest, manifest_paths, read_table
 
 
@@ -161,14 +161,15 @@ class SignaturesStage(_Sub):
                     raise Interrupted(f"stage {ctx.stage_name} task {rank} stopped; rerun to continue")
                 sig, has = signatures(texts, ngram=self.p.ngram, perms=perms)
                 bands = band_hashes(sig, self.p.bands, self.p.rows)
-                keep_sig = self.p.threshold > 0
+                band_rows, has_rows = bands.tolist(), has.tolist()
+                sig_rows = sig.tolist() if self.p.threshold > 0 else None
                 for k, id_ in enumerate(ids):
                     w.write_row(
                         {
                             "id": id_,
-                            "bands": bands[k].tolist(),
-                            "has_shingles": bool(has[k]),
-                            "sig": sig[k].tolist() if keep_sig else [],
+                            "bands": band_rows[k],
+                            "has_shingles": has_rows[k],
+                            "sig": sig_rows[k] if sig_rows is not None else [],
                         }
                     )
                 stats.input += len(ids)
@@ -206,13 +207,18 @@ class BucketsStage(_Sub):
         """Exact Jaccard of each candidate pair, re-reading only the texts of documents in a pair."""
         rows = np.unique(pairs)
         wanted = {str(ids[r]) for r in rows}
-        sets: dict[str, np.ndarray] = {}
+        shingles: dict[str, np.ndarray] = {}  # id → its shingle hashes (the first document with that id)
         for batch_ids, texts in _text_batches(ctx.input_files()):
-            pick = [k for k, i in enumerate(batch_ids) if i in wanted and i not in sets]
+            pick = [k for k, i in enumerate(batch_ids) if i in wanted and i not in shingles]
             if pick:
-                for k, arr in zip(pick, shingle_sets([texts[k] for k in pick], self.p.ngram), strict=True):
-                    sets[batch_ids[k]] = arr
-        return np.array([jaccard(sets[str(ids[a])], sets[str(ids[b])]) for a, b in pairs.tolist()])
+                values, bounds = packed_shingles([texts[k] for k in pick], self.p.ngram)
+                for n, k in enumerate(pick):
+                    shingles.setdefault(batch_ids[k], values[bounds[n] : bounds[n + 1]].copy())
+        parts = [shingles[str(ids[r])] for r in rows.tolist()]
+        bounds = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum([p.size for p in parts], out=bounds[1:])
+        values = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+        return pair_jaccards(values, bounds, np.searchsorted(rows, pairs))
 
 
 def connected_components(pairs: list[tuple[str, str]]) -> dict[str, str]:

@@ -12,12 +12,19 @@ and tests). Every step works on whole batches, so Python code runs per batch, no
    shingle hash, with odd random ``a_i``; the signature is the minimum over the document's shingles,
    computed for a block of shingles × all permutations at once;
 4. band hashes: the ``rows`` values of each band folded into one 64-bit hash.
+
+When numba is installed (a dependency; imported lazily), ``signatures``, ``band_hashes``, ``packed_shingles``
+and ``pair_jaccards`` run compiled kernels (``_jit.py``) that do steps 1–3 in one pass per document and
+compute exactly the same values; the numpy code here is the reference and the fallback without numba.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +36,7 @@ _SHINGLE_MUL = 0x9E3779B97F4A7C15
 MAX32 = np.uint32(0xFFFFFFFF)
 
 
+@lru_cache(maxsize=1)
 def _tables() -> tuple[np.ndarray, np.ndarray]:
     is_word = np.zeros(256, dtype=bool)
     for c in b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_":
@@ -37,6 +45,37 @@ def _tables() -> tuple[np.ndarray, np.ndarray]:
     lower = np.arange(256, dtype=np.uint64)
     lower[ord("A") : ord("Z") + 1] += 32
     return is_word, lower + _U64(1)  # +1: no byte hashes to zero
+
+
+@lru_cache(maxsize=1)
+def _codes() -> np.ndarray:
+    """uint64[256] for the kernels: 0 for a byte outside words, else the lower-cased byte + 1."""
+    is_word, lower = _tables()
+    return np.where(is_word, lower, _U64(0))
+
+
+_JIT: Any = None  # the ``_jit`` module once imported; False when numba is unavailable
+
+
+def jit() -> ModuleType | None:
+    """The compiled kernels (``_jit.py``), or None without numba (then the numpy code runs)."""
+    global _JIT
+    if _JIT is None:
+        try:
+            from corpusforge.steps.dedup import _jit
+        except ImportError:
+            _JIT = False
+        else:
+            _JIT = _jit
+    return _JIT or None
+
+
+def _encode(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes uint8[N], offsets int64[D + 1]): the UTF-8 texts concatenated, document d at offsets[d:d+2]."""
+    encoded = [t.encode("utf-8", "replace") for t in texts]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
 
 
 def words(text: str) -> list[bytes]:
@@ -131,6 +170,21 @@ def signatures(
     texts: Sequence[str], *, ngram: int, perms: tuple[np.ndarray, np.ndarray], block_cells: int = 1 << 20
 ) -> tuple[np.ndarray, np.ndarray]:
     """(signatures uint32[D, P], has_shingles bool[D]). Documents without words keep all-max signatures."""
+    k = jit()
+    if k is not None:
+        a, b = perms
+        data, offsets = _encode(texts)
+        sig = np.empty((len(texts), a.size), dtype=np.uint32)
+        has = np.empty(len(texts), dtype=bool)
+        k.signatures_kernel(data, offsets, _codes(), a, b, ngram, sig, has)
+        return sig, has
+    return signatures_numpy(texts, ngram=ngram, perms=perms, block_cells=block_cells)
+
+
+def signatures_numpy(
+    texts: Sequence[str], *, ngram: int, perms: tuple[np.ndarray, np.ndarray], block_cells: int = 1 << 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """``signatures`` in numpy only (the reference for the compiled kernel, and the fallback)."""
     a, b = perms
     sig = np.full((len(texts), a.size), MAX32, dtype=np.uint32)
     sh, sd = shingle_hashes(texts, ngram)
@@ -152,6 +206,9 @@ def signatures(
 
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """uint64[D, bands]: each band's ``rows`` signature values folded into one 64-bit hash."""
+    k = jit()
+    if k is not None:
+        return k.band_hashes_kernel(np.ascontiguousarray(sig, dtype=np.uint32), bands, rows)
     m = sig[:, : bands * rows].reshape(sig.shape[0], bands, rows).astype(np.uint64)
     h = np.zeros(m.shape[:2], dtype=np.uint64)
     with np.errstate(over="ignore"):
@@ -162,9 +219,33 @@ def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 def shingle_sets(texts: Sequence[str], n: int) -> list[np.ndarray]:
     """Per text: its sorted, distinct shingle hashes (for exact Jaccard verification of candidate pairs)."""
+    values, bounds = packed_shingles(texts, n)
+    return [np.unique(values[bounds[i] : bounds[i + 1]]) for i in range(len(texts))]
+
+
+def packed_shingles(texts: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values uint64[S], bounds int64[D + 1]): text d's shingle hashes, in text order with repeats, are
+    ``values[bounds[d]:bounds[d + 1]]`` (the input of ``pair_jaccards``)."""
+    k = jit()
+    if k is not None:
+        data, offsets = _encode(texts)
+        return k.shingles_kernel(data, offsets, _codes(), n)
     h, d = shingle_hashes(texts, n)
-    bounds = np.searchsorted(d, np.arange(len(texts) + 1))
-    return [np.unique(h[bounds[i] : bounds[i + 1]]) for i in range(len(texts))]
+    return h, np.searchsorted(d, np.arange(len(texts) + 1)).astype(np.int64)
+
+
+def pair_jaccards(values: np.ndarray, bounds: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """float64[K]: exact Jaccard of the shingle sets of texts ``pairs[k, 0]`` and ``pairs[k, 1]`` of
+    ``packed_shingles`` (repeated shingles count once)."""
+    pairs = np.ascontiguousarray(pairs, dtype=np.int64).reshape(-1, 2)
+    bounds = np.ascontiguousarray(bounds, dtype=np.int64)
+    k = jit()
+    if k is not None:
+        return k.pair_jaccards_kernel(np.ascontiguousarray(values, dtype=np.uint64), bounds, pairs)
+    sets: dict[int, np.ndarray] = {}
+    for r in np.unique(pairs).tolist():
+        sets[r] = np.unique(values[bounds[r] : bounds[r + 1]])
+    return np.array([jaccard(sets[i], sets[j]) for i, j in pairs.tolist()], dtype=np.float64)
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
