@@ -4,6 +4,19 @@ The site (1,000+ pages on 127.0.0.1, robots.txt allowing all) is served from thi
 delays are off for the loopback host; per-host concurrency is 1 for everyone (our default, so the bare
 Scrapy peer gets CONCURRENT_REQUESTS_PER_DOMAIN=1 too). Ours includes everything a real crawl does:
 robots.txt, canonical URLs, the durable frontier, Arrow segments. Run: ``python benchmarks/crawl.py [--quick]``.
+
+Fairness notes. Module imports (and pyarrow's one-time lazy import of pandas, which our Arrow segment writer
+triggers) happen before the clock starts on both sides, as the bare loops import their libraries before
+timing. Each pair is run ``--repeat`` times, ours and the peer alternating, and the best pages/s of each side is
+kept (the least-disturbed run on a shared machine). The site's server has a listen backlog of 128, so a client
+opening connections in a burst is not slowed by dropped SYNs (1 s retransmits).
+
+Bare Scrapy also gets CONCURRENT_REQUESTS=1: under its default asyncio reactor, Scrapy 2.19's downloader
+starts every request queued for a slot in one go (the task that marks a request as transferring runs only on
+the next loop turn, so ``free_transfer_slots()`` never drops) and CONCURRENT_REQUESTS_PER_DOMAIN=1 alone lets
+up to CONCURRENT_REQUESTS (16) requests hit the host at once, on fresh connections (its connection pool keeps
+one per host), which here overflowed the server's backlog of 5 and cost ~1 s per SYN retransmit (15 pages/s).
+With one request in flight Scrapy keeps one keep-alive connection, as our backend does.
 """
 
 from __future__ import annotations
@@ -63,15 +76,41 @@ def serve(n: int) -> tuple[ThreadingHTTPServer, str]:
         def log_message(self, *a: Any) -> None:
             return
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # socketserver's default of 5 drops SYNs when a client connects in a burst
+
+    httpd = Server(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
 
 
+WARM_MODULES = {
+    "requests+lxml": ("corpusforge.crawl.backends.requests_lxml", "requests", "lxml.html"),
+    "requests+bs4": ("corpusforge.crawl.backends.requests_bs4", "requests", "lxml.html", "bs4"),
+    "scrapy": ("corpusforge.crawl.backends.scrapy", "scrapy", "scrapy.crawler", "lxml.html"),
+    "selenium": ("corpusforge.crawl.backends.selenium", "requests", "lxml.html", "selenium.webdriver"),
+}
+
+
+def warm_imports(backend: str) -> None:
+    """Import what a crawl with ``backend`` imports lazily, so that neither side's clock counts imports."""
+    import importlib
+
+    import pyarrow as pa
+
+    from corpusforge.storage import DOC_SCHEMA
+
+    for mod in ("corpusforge.crawl.crawler", "corpusforge.crawl.stage", "protego", *WARM_MODULES.get(backend, ())):
+        importlib.import_module(mod)
+    pa.RecordBatch.from_pylist([], schema=DOC_SCHEMA)  # pyarrow imports pandas on first use
+
+
 def ours(backend: str, base: str, max_pages: int | None) -> tuple[int, float]:
     from corpusforge.recipe import validate_recipe
     from corpusforge.runner import run_recipe
+
+    warm_imports(backend)
 
     with tempfile.TemporaryDirectory() as tmp:
         spider = Path(tmp) / "bench.toml"
@@ -89,10 +128,13 @@ def ours(backend: str, base: str, max_pages: int | None) -> tuple[int, float]:
 def bare_requests_lxml(base: str, max_pages: int | None, *, bs4: bool = False) -> tuple[int, float]:
     """What one would write by hand: a breadth-first loop with one requests.Session and lxml (or bs4)."""
     from collections import deque
-    from urllib.parse import urljoin, urldefrag
+    from urllib.parse import urldefrag, urljoin
 
     import lxml.html
     import requests
+
+    if bs4:
+        from bs4 import BeautifulSoup
 
     t0 = time.perf_counter()
     session = requests.Session()
@@ -104,8 +146,6 @@ def bare_requests_lxml(base: str, max_pages: int | None, *, bs4: bool = False) -
             continue
         pages += 1
         if bs4:
-            from bs4 import BeautifulSoup
-
             hrefs = [a["href"] for a in BeautifulSoup(r.text, "html.parser").find_all("a", href=True)]
         else:
             hrefs = lxml.html.fromstring(r.content).xpath("//a/@href")
@@ -134,8 +174,10 @@ class Bare(scrapy.Spider):
         count["pages"] += 1
         for href in response.css("a::attr(href)").getall():
             yield response.follow(href, self.parse)
+# One request in flight: see the module docstring (PER_DOMAIN=1 alone does not hold under the asyncio reactor).
 settings = {"LOG_ENABLED": False, "TELNETCONSOLE_ENABLED": False, "REMOTE_CONTROL_ENABLED": False,
-            "CONCURRENT_REQUESTS_PER_DOMAIN": 1, "DOWNLOAD_DELAY": 0, "ROBOTSTXT_OBEY": True}
+            "CONCURRENT_REQUESTS": 1, "CONCURRENT_REQUESTS_PER_DOMAIN": 1, "DOWNLOAD_DELAY": 0,
+            "ROBOTSTXT_OBEY": True}
 if max_pages:
     settings["CLOSESPIDER_PAGECOUNT"] = max_pages
 t0 = time.perf_counter()
@@ -160,7 +202,8 @@ def bare_scrapy(base: str, max_pages: int | None) -> tuple[int, float]:
 
 
 def bare_selenium(base: str, max_pages: int | None) -> tuple[int, float]:
-    """Selenium by hand: the same Chromium and flags, driver.get per page, links from the rendered DOM."""
+    """Selenium by hand: the same Chromium, flags and page-load strategy (default "normal"), driver.get and
+    page_source per page, links from the rendered DOM."""
     from collections import deque
     from urllib.parse import urldefrag, urljoin
 
@@ -179,6 +222,9 @@ def bare_selenium(base: str, max_pages: int | None) -> tuple[int, float]:
         for f in (*CHROME_FLAGS, "--no-sandbox", f"--user-data-dir={profile}"):
             opts.add_argument(f)
         driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=opts)
+        # As ours: no /favicon.ico requests (same requests per page on both sides).
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/favicon.ico"]})
         try:
             seen, queue, pages = {base + "/"}, deque([base + "/"]), 0
             while queue and (max_pages is None or pages < max_pages):
@@ -201,11 +247,12 @@ def main() -> None:
     p.add_argument("--pages", type=int, default=None, help="site size (default 1,000; 3,000 without --quick)")
     p.add_argument("--browser-pages", type=int, default=None, help="pages crawled by the browser backends")
     p.add_argument("--skip-browser", action="store_true")
+    p.add_argument("--repeat", type=int, default=None, help="runs of each side, alternating, best kept (default 3; 1 with --quick)")
     args = p.parse_args()
     n = args.pages or (1000 if args.quick else 3000)
     browser_pages = args.browser_pages or (40 if args.quick else 300)
-    # Bare Scrapy at one request per host is slow (~30 ms a page in its engine loop): --quick caps both sides.
     scrapy_pages = 300 if args.quick else None
+    repeat = args.repeat or (1 if args.quick else 3)
     httpd, base = serve(n)
     total = n + (n + 9) // 10 + 1
     runs: list[tuple[str, str, Any, int | None]] = [
@@ -216,14 +263,17 @@ def main() -> None:
     if not args.skip_browser:
         runs.append(("selenium", "selenium", bare_selenium, browser_pages))
     rows, ratios = [], []
-    peers: dict[str, tuple[int, float]] = {}
     try:
         for backend, peer_name, peer_fn, limit in runs:
-            key = f"{peer_name}:{limit}"
-            if key not in peers:
-                peers[key] = peer_fn(base, limit)
-            peer_pages, peer_s = peers[key]
-            our_pages, our_s = ours(backend, base, limit)
+            best_ours, best_peer = (0, float("inf")), (0, float("inf"))
+            for _ in range(repeat):  # alternate, keep each side's fastest run
+                peer_pages, peer_s = peer_fn(base, limit)
+                if peer_pages / peer_s > best_peer[0] / best_peer[1]:
+                    best_peer = (peer_pages, peer_s)
+                our_pages, our_s = ours(backend, base, limit)
+                if our_pages / our_s > best_ours[0] / best_ours[1]:
+                    best_ours = (our_pages, our_s)
+            (our_pages, our_s), (peer_pages, peer_s) = best_ours, best_peer
             ours_ps, peer_ps = our_pages / our_s, peer_pages / peer_s
             ratios.append(ours_ps / peer_ps)
             rows.append(
@@ -236,7 +286,9 @@ def main() -> None:
             )
     finally:
         httpd.shutdown()
-    print_table(rows, title=f"crawl throughput, local site of {total} pages, per-host concurrency 1, no delay")
+    print_table(
+        rows, title=f"crawl throughput, local site of {total} pages, per-host concurrency 1, no delay, best of {repeat}"
+    )
     print_keyvals(worst_ratio=f"{min(ratios):.2f}", pages=total)
 
 

@@ -7,12 +7,14 @@ no fragment, query parameters sorted, ``.``/``..`` segments resolved, an empty p
 from __future__ import annotations
 
 import posixpath
+from functools import lru_cache
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit, urlunsplit
 
 ALLOWED_SCHEMES = ("http", "https")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+@lru_cache(maxsize=1 << 16)  # pure; the same links recur on every page of a site
 def canonicalize(url: str) -> str:
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
@@ -30,6 +32,7 @@ def canonicalize(url: str) -> str:
     return urlunsplit((scheme, netloc, path, query, ""))
 
 
+@lru_cache(maxsize=1 << 16)
 def host_key(url: str) -> str:
     """``scheme://host:port`` — the unit of politeness, robots.txt and credentials."""
     p = urlsplit(url)

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from corpusforge.crawl.backend import RequestsFetcher
 from corpusforge.crawl.page import FetchRequest, FetchResponse
+from corpusforge.crawl.urls import host_key
 from corpusforge.errors import FatalError, require
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,10 @@ shutil.rmtree(marker, ignore_errors=True)
 """
 
 
+# What chromedriver's page_source returns (the root element's outerHTML) and the page's URL, in one round trip.
+PAGE_SOURCE_AND_URL = "var e = document.documentElement; return [e ? e.outerHTML : '', document.URL];"
+
+
 def find_browser() -> tuple[str, str]:
     """Paths of chromium and chromedriver (``CORPUSFORGE_CHROMIUM`` / ``CORPUSFORGE_CHROMEDRIVER`` override)."""
 
@@ -148,6 +153,7 @@ class SeleniumBackend(RequestsFetcher):
         self._group: int | None = None
         self._generation = 0
         self._page_timeout_s: float | None = None
+        self._cookie_key: str | None = None  # host key of the pages whose cookies the browser may hold
         self.restarts = 0
 
     # -- the browser's life
@@ -189,6 +195,7 @@ class SeleniumBackend(RequestsFetcher):
         except Exception as exc:
             log.debug("could not block favicon requests: %s", exc)
         self._page_timeout_s = None
+        self._cookie_key = None  # a fresh profile: no cookies yet, but clear before the first page anyway
         log.info("started headless Chromium in %.1f s (%s)", time.monotonic() - t0, self.browser_path)
         return driver
 
@@ -246,13 +253,21 @@ class SeleniumBackend(RequestsFetcher):
                 self._driver.set_page_load_timeout(request.timeout_s)
                 self._driver.set_script_timeout(request.timeout_s)
                 self._page_timeout_s = request.timeout_s
-            # Chromium keys cookies by host, not port or scheme: forget every cookie so none set by one
-            # page reaches another host, scheme or port (the static fetches keep one jar per host key).
-            self._driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
+            # Chromium keys cookies by host, not port or scheme: forget every cookie whenever the page's
+            # ``scheme://host:port`` differs from the last rendered one, so none set by one page reaches
+            # another host, scheme or port (the same one-jar-per-host-key rule as the static fetches).
+            key = host_key(request.url)
+            if key != self._cookie_key:
+                self._cookie_key = None  # unknown until the clear is confirmed
+                self._driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
+                self._cookie_key = key
             started = time.monotonic()
             self._driver.get(request.url)
-            html = self._driver.page_source
-            final = self._driver.current_url
+            # page_source and current_url in one WebDriver call instead of two.
+            got = self._driver.execute_script(PAGE_SOURCE_AND_URL)
+            if not (isinstance(got, list) and len(got) == 2 and all(isinstance(x, str) for x in got)):
+                got = [self._driver.page_source, self._driver.current_url]
+            html, final = got
         except TimeoutException:
             log.info("page load timed out after %.1f s: %s", request.timeout_s, request.url)
             try:  # reuse the session when it still answers
