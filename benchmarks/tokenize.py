@@ -1,7 +1,11 @@
 """Tokenizer training and tokenize-to-shards against their peers, same text and same tokenizer, same run.
 
-Text: the plain-text pydoc pages of an allow-list of Python standard-library modules that import without side
-effects, cut into ~4,000-character documents and repeated to the target size (made offline, nothing downloaded).
+Text (made offline, nothing downloaded), never repeated, so the encoder's caches see words as a real corpus
+gives them (Zipfian: a few thousand frequent words, a long tail of new ones): tinyshakespeare.txt
+(../shared/data, up to 14%), the plain-text pydoc pages of an allow-list of standard-library modules that import
+without side effects (up to 55%), then docstrings read with ``ast`` from the other standard-library sources and
+numpy's. Cut into ~4,000-character documents, each distinct document once, in a fixed shuffled order. Every
+tokenizing run starts cold (fresh encoder processes).
 
 - BPE training (8k byte-level): ``corpusforge.tokenizer.train_tokenizer`` vs the same trainer called directly.
 - Unigram training: ours (HF ``tokenizers`` + canonical output) vs SentencePiece's unigram, time and bytes/token.
@@ -11,13 +15,14 @@ effects, cut into ~4,000-character documents and repeated to the target size (ma
 - Peak memory of training (``TokenizerStage``) and of tokenizing (``TokensStage``) at 1× and 4× the corpus,
   each in a fresh process reading document shards.
 
-    python benchmarks/tokenize.py            # ~8 MB of text
+    python benchmarks/tokenize.py            # ~8 MB of distinct text
     python benchmarks/tokenize.py --quick    # ~2 MB, under a minute
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -50,7 +55,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# Standard-library modules whose import has no side effects (no GUI, no network, no printing).
+# Standard-library modules whose import has no side effects (no GUI, no network, no printing, no warnings).
 MODULES = """os sys re json collections itertools functools pathlib typing string math random datetime textwrap
 argparse logging subprocess shutil tempfile io csv hashlib heapq bisect enum dataclasses decimal fractions
 statistics struct copy pprint inspect ast dis tokenize zipfile tarfile gzip bz2 lzma sqlite3 socket ssl email
@@ -58,38 +63,145 @@ html xml.etree.ElementTree urllib.parse urllib.request http.client http.server u
 time threading queue multiprocessing asyncio contextlib abc operator weakref types codecs locale gettext uuid
 base64 binascii secrets hmac glob fnmatch configparser tomllib pickle shelve array numbers cmath traceback
 warnings platform signal selectors mmap sched concurrent.futures zlib unicodedata graphlib ipaddress wave
-colorsys imaplib smtplib ftplib poplib mailbox mimetypes quopri""".split()
+colorsys imaplib smtplib ftplib poplib mailbox mimetypes quopri builtins email.message email.utils
+email.headerregistry email.policy json.decoder json.encoder xml.dom.minidom xml.sax html.parser http.cookies
+http.cookiejar urllib.robotparser urllib.error logging.handlers logging.config importlib importlib.metadata
+importlib.resources importlib.abc importlib.util pkgutil zipimport runpy ctypes sysconfig opcode symtable token
+keyword code codeop pdb bdb profile cProfile pstats timeit trace tracemalloc gc faulthandler filecmp fileinput
+stat linecache netrc plistlib reprlib rlcompleter shlex socketserver xmlrpc.client xmlrpc.server
+wsgiref.simple_server wsgiref.util wsgiref.headers zipapp compileall py_compile pyclbr modulefinder tabnanny
+getopt optparse cmd pickletools copyreg dbm contextvars collections.abc concurrent.futures.process
+multiprocessing.pool multiprocessing.shared_memory asyncio.streams asyncio.subprocess unittest.mock
+email.mime.text sqlite3.dbapi2 ctypes.util errno select posixpath genericpath ntpath stringprep encodings
+zoneinfo""".split()
 DOC_CHARS = 4000
 EOT = "<|endoftext|>"
+# Share of the corpus each source may take at most (pydoc pages, then docstrings fill what is left).
+SHARES = {"shakespeare": 0.14, "pydoc": 0.55, "docstrings": 1.0}
 
 
 def pydoc_texts(max_chars: int | None = None) -> list[str]:
+    """Plain-text pydoc pages of ``MODULES`` (each page once), until ``max_chars``."""
     import pydoc
+    import warnings
 
     out: list[str] = []
-    for name in MODULES:
-        if max_chars is not None and sum(map(len, out)) >= max_chars:
-            break
-        try:
-            mod = importlib.import_module(name)
-            out.append(pydoc.render_doc(mod, renderer=pydoc.plaintext))
-        except Exception:  # noqa: BLE001 - a module missing on this Python is skipped
-            continue
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in MODULES:
+            if max_chars is not None and sum(map(len, out)) >= max_chars:
+                break
+            try:
+                mod = importlib.import_module(name)
+                out.append(pydoc.render_doc(mod, renderer=pydoc.plaintext))
+            except Exception:  # noqa: BLE001 - a module missing on this Python is skipped
+                continue
     return out
 
 
+def docstring_texts(max_chars: int, skip_modules: set[str]) -> list[str]:
+    """Docstrings read with ``ast`` (nothing imported) from the standard library's sources, then numpy's, ….
+
+    One text per source file: its docstrings joined by blank lines. Standard-library modules that have a pydoc
+    page in the corpus are skipped (their docstrings are in the page already); so are test suites.
+    """
+    import ast
+    import sysconfig
+
+    roots = [(Path(sysconfig.get_paths()["stdlib"]), "")]
+    for name in ("numpy", "pyarrow", "datasets"):  # found, not imported
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            roots.append((Path(spec.origin).parent, name))
+    skip_dirs = {"test", "tests", "idlelib", "site-packages", "lib2to3", "__pycache__", "turtledemo", "tkinter"}
+    out: list[str] = []
+    total = 0
+    for root, prefix in roots:
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(root)
+            if skip_dirs.intersection(rel.parts[:-1]):
+                continue
+            parts = [prefix, *rel.parts[:-1]] + ([] if rel.stem == "__init__" else [rel.stem])
+            if ".".join(p for p in parts if p) in skip_modules:
+                continue
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+            docs = [d for n in ast.walk(tree) if isinstance(n, kinds) and (d := ast.get_docstring(n))]
+            if docs:
+                out.append("\n\n".join(dict.fromkeys(docs)))
+                total += len(out[-1])
+                if total >= max_chars:
+                    return out
+    return out
+
+
+def shakespeare_texts(max_chars: int) -> list[str]:
+    """tinyshakespeare.txt (../shared/data), its first ``max_chars`` characters cut at blank lines."""
+    path = _HERE.parent.parent / "shared" / "data" / "tinyshakespeare.txt"
+    if not path.is_file():
+        print(f"note: {path} not found, the corpus has no Shakespeare", flush=True)
+        return []
+    text = path.read_text(encoding="utf-8")[:max_chars]
+    return [text[: text.rfind("\n\n") + 1 or len(text)]]
+
+
+def corpus_texts(target_chars: int) -> tuple[list[str], dict[str, int]]:
+    """Distinct source texts, about ``target_chars`` in all: Shakespeare, pydoc pages, then docstrings."""
+    shakespeare = shakespeare_texts(int(target_chars * SHARES["shakespeare"]))
+    pages = pydoc_texts(int(target_chars * SHARES["pydoc"]))
+    have = sum(map(len, shakespeare)) + sum(map(len, pages))
+    docstrings = docstring_texts(max(int(target_chars * 1.05) - have, 0), set(MODULES))
+    sizes = {"shakespeare": shakespeare, "pydoc": pages, "docstrings": docstrings}
+    return shakespeare + pages + docstrings, {k: sum(map(len, v)) for k, v in sizes.items()}
+
+
 def base_docs(texts: list[str]) -> list[str]:
-    """Each page cut into ~4,000-character documents."""
-    return [t[i : i + DOC_CHARS] for t in texts for i in range(0, len(t), DOC_CHARS)]
+    """Each text cut into ~4,000-character documents (at a line end when there is one), each distinct once."""
+    docs: list[str] = []
+    for t in texts:
+        i = 0
+        while i < len(t):
+            j = min(i + DOC_CHARS, len(t))
+            if j < len(t):
+                cut = t.rfind("\n", i + DOC_CHARS // 2, j)
+                j = cut + 1 if cut > 0 else j
+            docs.append(t[i:j])
+            i = j
+    return list(dict.fromkeys(docs))
 
 
 def make_docs(texts: list[str], target_chars: int) -> list[str]:
-    """The documents of ``base_docs`` repeated until they hold ``target_chars`` characters."""
-    base = base_docs(texts)
-    docs: list[str] = list(base)
-    while sum(map(len, docs)) < target_chars:
-        docs.extend(base)
-    return docs
+    """The distinct documents of ``texts`` in a fixed shuffled order, up to ``target_chars``: no repetition."""
+    import random
+
+    docs = base_docs(texts)
+    random.Random(0).shuffle(docs)
+    out, n = [], 0
+    for d in docs:
+        if n >= target_chars:
+            break
+        out.append(d)
+        n += len(d)
+    return out
+
+
+def word_stats(docs: list[str]) -> dict[str, float]:
+    """How Zipfian the text is: words (GPT-2 style pieces), distinct ones, share of the top 1,000, hapaxes."""
+    import re
+    from collections import Counter
+
+    counts = Counter(re.findall(r" ?\w+| ?[^\s\w]+|\s+", "".join(docs)))
+    total = sum(counts.values())
+    top = sum(c for _, c in counts.most_common(1000))
+    return {
+        "words": total,
+        "distinct": len(counts),
+        "top1k_share": top / total,
+        "hapax": sum(1 for c in counts.values() if c == 1),
+    }
 
 
 def write_doc_shards(docs: list[str], folder: Path) -> None:
@@ -289,24 +401,30 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cf-bench-tokenize-"))
     try:
         t0 = time.perf_counter()
-        texts = pydoc_texts(int(mb * 1e6) if args.quick else None)
-        base_chars = sum(map(len, texts))
+        texts, sizes = corpus_texts(int(mb * 1e6))
         docs = make_docs(texts, int(mb * 1e6))
+        ws = word_stats(docs)
         print(
-            f"text: {len(texts)} pydoc pages, {base_chars / 1e6:.2f} M chars unique; "
-            f"{len(docs)} documents, {sum(map(len, docs)) / 1e6:.2f} M chars to tokenize "
-            f"({time.perf_counter() - t0:.1f} s to make); {os.cpu_count()} CPUs",
+            f"text: {len(docs)} distinct documents, {sum(map(len, docs)) / 1e6:.2f} M chars, none repeated "
+            f"(sources, M chars: " + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in sizes.items()) + "); "
+            f"{ws['words']:,} words, {ws['distinct']:,} distinct, top 1,000 cover {ws['top1k_share']:.0%}, "
+            f"{ws['hapax']:,} seen once ({time.perf_counter() - t0:.1f} s to make); {os.cpu_count()} CPUs",
             flush=True,
         )
 
-        # Training sample: each unique document once (at most 1.5 M chars in --quick).
-        sample = base_docs(texts) if not args.quick else base_docs(texts)[: 1_500_000 // DOC_CHARS]
+        # Training sample: the first documents of the (shuffled) corpus, 1.5 M chars (--quick) or 2 M.
+        sample, n = [], 0
+        for d in docs:
+            if n >= (1_500_000 if args.quick else 2_000_000):
+                break
+            sample.append(d)
+            n += len(d)
         bpe = bench_bpe_training(sample, args.vocab)
         tok_path = work / "tokenizer.json"
         tok_path.write_text(bpe["tok"].to_str(pretty=True))
         uni = bench_unigram(sample[: 250 if args.quick else 600], args.vocab, work)
         enc = bench_tokenize(docs, tok_path, work, args.workers, rounds=args.rounds)
-        mem = bench_memory(base_docs(texts)[: 200 if args.quick else 500], tok_path, work, max_chars=400_000)
+        mem = bench_memory(docs[: 200 if args.quick else 500], tok_path, work, max_chars=400_000)
 
         n = enc["tokens"]
         tps = lambda s: n / s  # noqa: E731

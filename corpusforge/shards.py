@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 EOT = "<|endoftext|>"
+SEED_TOKENS = 4096  # vocabulary tokens put in the encoder's table before the encoder processes fork
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -234,6 +235,11 @@ def _worker_init(tokenizer_json: str, eot: int, dtype: str, verify_every: int) -
     _WORKER["job"] = _EncodeJob(tokenizer_json, eot, dtype, verify_every)
 
 
+def _worker_init_forked(job: _EncodeJob) -> None:
+    """fork: the parent's seeded encoder, inherited as it is (no tokenizer to parse, no table to rebuild)."""
+    _WORKER["job"] = job
+
+
 def _encode_job(texts: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     return _WORKER["job"](texts)
 
@@ -256,12 +262,21 @@ class _Encoders:
             # must not touch tokenizers' thread pool (a fork copies no threads): TOKENIZERS_PARALLELISM=false
             # in their environment makes their encode_batch sequential (and silences tokenizers' fork
             # warning); the parent's setting is restored at once.
-            init = (tok.to_str(), eot, dtype.name, verify_every)
+            # With fork the parent builds one encoder and seeds its table with the vocabulary's whole-word
+            # tokens (``FastBpeEncoder.seed_vocabulary``): every child starts from that copy, so the head of the
+            # word distribution is encoded once, not once per child, and no child parses the tokenizer again.
             method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            if method == "fork":
+                job = _EncodeJob(tok, eot, dtype.name, verify_every)
+                job.encoder.seed_vocabulary(limit=SEED_TOKENS)
+                init: tuple[Any, ...] = (job,)
+                initializer: Callable[..., None] = _worker_init_forked
+            else:
+                init, initializer = (tok.to_str(), eot, dtype.name, verify_every), _worker_init
             saved = os.environ.get("TOKENIZERS_PARALLELISM")
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
             try:
-                self.pool = mp.get_context(method).Pool(workers, initializer=_worker_init, initargs=init)
+                self.pool = mp.get_context(method).Pool(workers, initializer=initializer, initargs=init)
             finally:
                 if saved is None:
                     os.environ.pop("TOKENIZERS_PARALLELISM", None)

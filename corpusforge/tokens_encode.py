@@ -5,8 +5,15 @@ each pre-token independently. Web text is Zipfian: a few thousand words (" the",
 most of it, so a table of unit → ids turns the pre-tokenizing and the merges into one dictionary lookup. A
 batch of documents is encoded as: cut every text into units (see ``UNIT_PATTERN``), look every unit up (the
 batch's misses are added: an ASCII unit as the ids of its GPT-2 pre-tokens, cut in Python with the ASCII form of
-the expression, each distinct pre-token encoded once by ``tokenizers``; any other unit encoded whole by it), then
-one numpy gather builds the flat id stream and the per-document lengths.
+the expression, all the batch's new units in one ``findall``, each distinct new pre-token run through the BPE
+model itself, ``model.tokenize`` of its byte-level string; any other unit encoded whole by ``encode_batch``),
+then one numpy gather builds the flat id stream and the per-document lengths.
+
+Cold text (words not yet in the table) is where the time goes on a real, non-repeating corpus, and there
+``tokenizers``' own pre-tokenizer (its Oniguruma expression, per call) costs far more than the merges: a new
+pre-token costs about 10 µs through ``encode``/``encode_batch`` and 3-5 µs through ``model.tokenize``. The
+byte-level string is made with a table read off the tokenizer's own pre-tokenizer, and the vocabulary's
+whole-word tokens can be put in the table up front (``seed_vocabulary``) through the same path.
 
 Exactness is kept by construction and checked: a tokenizer whose pipeline differs from plain byte-level BPE
 (a normalizer, prefix space, dropout, a template) gets no fast path; a document containing an added token's
@@ -106,7 +113,49 @@ class FastBpeEncoder:
         self.units = re.compile(UNIT_PATTERN)
         self.whitespace = set(re.findall(f"[{WHITESPACE}]", "".join(map(chr, range(0x3001)))))
         self.stats = {"docs": 0, "verified": 0, "mismatches": 0, "exact_fallback_docs": 0, "table_resets": 0}
+        # ASCII pre-token → the string the BPE model sees (its bytes through GPT-2's byte → character table),
+        # read off tokenizers' own pre-tokenizer, one character at a time; None: new pre-tokens go through
+        # ``Tokenizer.encode_batch`` instead of the model.
+        self.byte_map = self._ascii_byte_map() if self.fast and not self.char_level else None
         self._clear()
+
+    def _ascii_byte_map(self) -> dict[int, str] | None:
+        """``str.translate`` table of the ByteLevel pre-tokenizer for the 128 ASCII characters, or None."""
+        pre = getattr(self.tok, "pre_tokenizer", None)
+        model = getattr(self.tok, "model", None)
+        if pre is None or model is None or not hasattr(model, "tokenize"):
+            return None
+        table = {}
+        for b in range(128):
+            splits = pre.pre_tokenize_str(chr(b))
+            if len(splits) != 1 or len(splits[0][0]) != 1:
+                return None
+            table[b] = splits[0][0]
+        return table
+
+    def seed_vocabulary(self, limit: int | None = None) -> int:
+        """Put every vocabulary token that is itself an ASCII unit (" the", "(", "self") in the table at once.
+
+        The most frequent words are single tokens, so this covers the head of a Zipfian corpus before any text
+        is seen. Their ids still come from the BPE model (a token is not always what the merges make of its
+        own text), through the path a missed unit takes, so they are exact by construction. Worth it where the
+        table is shared: the encoder processes fork from a seeded parent (``shards._Encoders``), so the head is
+        encoded once instead of once per process. ``limit``: only the first ``limit`` tokens by id (a trained
+        BPE numbers its tokens in merge order, most frequent first), which bounds the cost (about 5 µs a token)
+        for a large vocabulary. Returns the number of units added.
+        """
+        if self.byte_map is None or self.n_entries:
+            return 0
+        # Byte-level string → text for the ASCII bytes; any other character stays non-ASCII and is skipped.
+        back = {ord(c): chr(b) for b, c in self.byte_map.items()}
+        full = self.units.fullmatch
+        vocab = self.tok.get_vocab(with_added_tokens=False)
+        tokens = sorted(vocab, key=vocab.__getitem__)[:limit] if limit is not None else vocab
+        texts = (t.translate(back) for t in tokens)
+        units = [t for t in texts if t.isascii() and full(t) and not any(sp in t for sp in self.specials)]
+        if units:
+            self._encode_units(units)
+        return len(units)
 
     @property
     def fast(self) -> bool:
@@ -157,24 +206,64 @@ class FastBpeEncoder:
         gather = np.repeat(self.starts[entries] - cum[:-1], lens) + np.arange(cum[-1], dtype=np.int64)
         return self.ids[gather], cum
 
-    def _encode_units(self, units: list[str]) -> range:
-        """Add new units to the table: ASCII ones as their pre-tokens' ids, others encoded whole by tokenizers.
+    def _pretoken_entries(self, pieces: list[str]) -> np.ndarray:
+        """Table entries of ``pieces`` (pre-tokens, or non-ASCII units), adding those not yet in ``self.pretokens``.
 
-        Pre-tokens (and non-ASCII units) are table entries too, keyed in ``self.pretokens``.
+        A new ASCII pre-token goes straight to the BPE model (``model.tokenize`` of its byte-level string, a few
+        microseconds: tokenizers' own pre-tokenizing, not the merges, is what makes ``encode`` slow); anything else
+        (a non-ASCII unit, or every piece when there is no ``byte_map``) through one ``encode_batch`` call.
         """
-        split = ASCII_PRETOKEN.findall
-        cut = [split(u) if u.isascii() else [u] for u in units]
-        flat_pieces = [p for c in cut for p in c]
         known = self.pretokens
-        want = [p for p in dict.fromkeys(flat_pieces) if p not in known]
+        want = [p for p in dict.fromkeys(pieces) if p not in known]
         if want:
-            encs = self.tok.encode_batch(want, add_special_tokens=False)
-            known.update(zip(want, self._add([e.ids for e in encs]), strict=True))
-        entries = np.fromiter(map(known.__getitem__, flat_pieces), dtype=np.int64, count=len(flat_pieces))
-        flat, cum = self._gather(entries)
-        bounds = np.zeros(len(units) + 1, dtype=np.int64)
+            table = self.byte_map
+            if table is not None:
+                tokenize = self.tok.model.tokenize
+                ascii_new = [p for p in want if p.isascii()]
+                if ascii_new:
+                    ids = [[t.id for t in tokenize(p.translate(table))] for p in ascii_new]
+                    known.update(zip(ascii_new, self._add(ids), strict=True))
+                want = [p for p in want if not p.isascii()]
+            if want:
+                encs = self.tok.encode_batch(want, add_special_tokens=False)
+                known.update(zip(want, self._add([e.ids for e in encs]), strict=True))
+        return np.fromiter(map(known.__getitem__, pieces), dtype=np.int64, count=len(pieces))
+
+    def _encode_units(self, units: list[str]) -> None:
+        """Add new units to ``self.index``: ASCII ones as their pre-tokens' ids, others encoded whole.
+
+        Pre-tokens (and non-ASCII units) are table entries too, keyed in ``self.pretokens``. The ASCII units that
+        end in a non-space (nearly all) are cut into pre-tokens by ONE ``findall`` over them joined by "\\n": a
+        unit is " ?" + non-spaces, so in the joined text every "\\n" is a pre-token of its own and every unit
+        keeps exactly the pre-tokens it has alone (no alternative of the expression crosses a white space).
+        """
+        ws = self.whitespace
+        words = [u for u in units if u.isascii() and u[-1] not in ws] if self.byte_map is not None else []
+        if words:
+            flat_pieces = ASCII_PRETOKEN.findall("\n".join(words))
+            entries = self._pretoken_entries(flat_pieces)
+            sep = np.flatnonzero(entries == self.pretokens["\n"]) if len(words) > 1 else np.zeros(0, np.int64)
+            if len(sep) != len(words) - 1:  # cannot happen (see above); kept as a guard
+                words = []
+            else:
+                keep = np.ones(len(entries), dtype=bool)
+                keep[sep] = False
+                flat, cum = self._gather(entries[keep])
+                # Unit k holds the pieces between separators k-1 and k; with the separators dropped its pieces
+                # are [ends[k-1], ends[k]) where ends[k] = sep[k] - k.
+                ends = np.append(sep - np.arange(len(sep)), len(entries) - len(sep))
+                bounds = np.concatenate([[0], ends])
+                self.index.update(zip(words, self._add_flat(flat, np.diff(cum[bounds])), strict=True))
+        rest = [u for u in units if u not in self.index] if words else units
+        if not rest:
+            return
+        split = ASCII_PRETOKEN.findall
+        cut = [split(u) if u.isascii() else [u] for u in rest]
+        flat_pieces = [p for c in cut for p in c]
+        flat, cum = self._gather(self._pretoken_entries(flat_pieces))
+        bounds = np.zeros(len(rest) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, cut), dtype=np.int64, count=len(cut)), out=bounds[1:])
-        return self._add_flat(flat, np.diff(cum[bounds]))
+        self.index.update(zip(rest, self._add_flat(flat, np.diff(cum[bounds])), strict=True))
 
     def _exact(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
@@ -213,8 +302,7 @@ class FastBpeEncoder:
         if len(missing):
             # A pre-token encoded alone is that same pre-token (the expression matches it whole), so the
             # misses of a batch go through tokenizers once, in Rust, and join the table.
-            new = list(dict.fromkeys([pieces[i] for i in missing.tolist()]))
-            self.index.update(zip(new, self._encode_units(new), strict=True))
+            self._encode_units(list(dict.fromkeys([pieces[i] for i in missing.tolist()])))
             entries[missing] = [self.index[pieces[i]] for i in missing.tolist()]
         flat, cum = self._gather(entries)
         tok_bounds = cum[doc_pieces]

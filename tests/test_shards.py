@@ -347,3 +347,40 @@ def test_ascii_units_built_from_pretokens_match_tokenizers(bpe):
     flat, lengths = enc.encode(texts)
     assert _split(flat, lengths) == _exact(bpe, texts)
     assert enc.pretokens and enc.stats["exact_fallback_docs"] == 0  # the pre-token path was taken
+
+
+def test_new_pretokens_go_to_the_bpe_model_and_match_the_encode_batch_path(bpe):
+    """Misses: ASCII pre-tokens through ``model.tokenize`` (units cut in one joined ``findall``), or, without the
+    byte map, through ``encode_batch``: both give tokenizers' ids, on words, whitespace runs and non-ASCII."""
+    rng = np.random.default_rng(11)
+    alphabet = [chr(c) for c in range(128)] + ["é", "漢", "😀", "\u3000", "'s", " '", "''"] * 3
+    texts = ["".join(rng.choice(alphabet, size=int(rng.integers(1, 150)))) for _ in range(300)]
+    texts += _texts(100) + TRICKY
+    model_path = FastBpeEncoder(bpe, verify_every=0)
+    assert model_path.byte_map is not None and model_path.byte_map[32] == "Ġ" and model_path.byte_map[10] == "Ċ"
+    batch_path = FastBpeEncoder(bpe, verify_every=0)
+    batch_path.byte_map = None  # what a tokenizer whose pre-tokenizer cannot be read gets
+    for enc in (model_path, batch_path):
+        got = []
+        for i in range(0, len(texts), 50):
+            got += _split(*encode_texts(enc, texts[i : i + 50]))
+        assert got == _exact(bpe, texts)
+    assert model_path.stats["mismatches"] == batch_path.stats["mismatches"] == 0
+
+
+def test_seeded_vocabulary_units_are_exact(bpe, tmp_path):
+    enc = FastBpeEncoder(bpe, verify_every=0)
+    n = enc.seed_vocabulary()
+    assert n > 100 and " the" in enc.index and enc.seed_vocabulary() == 0  # once, into an empty table
+    assert 0 < FastBpeEncoder(bpe).seed_vocabulary(limit=300) < n
+    units = list(enc.index)
+    flat, cum = enc._gather(np.asarray([enc.index[u] for u in units], dtype=np.int64))
+    got = [flat[cum[i] : cum[i + 1]].tolist() for i in range(len(units))]
+    assert got == _exact(bpe, units)
+    texts = _texts(200) + TRICKY
+    assert _split(*encode_texts(enc, texts)) == _exact(bpe, texts)
+    # The forked encoder processes start from a seeded table: same shards as one process.
+    docs = _docs(texts)
+    one = write_token_shards(docs, bpe, tmp_path / "w1", val_fraction=0.0, batch_docs=40)
+    two = write_token_shards(docs, bpe, tmp_path / "w2", val_fraction=0.0, batch_docs=40, workers=2)
+    assert [f["sha256"] for f in one["files"]] == [f["sha256"] for f in two["files"]]
