@@ -8,5 +8,5 @@ from corpusforge.crawl.backend import RequestsFetcher
 
 
 class RequestsLxmlBackend(RequestsFetcher):
-    name: ClassVar[str] = "requests+lxml"
-    parser: ClassVar[str] = "lxml"
+    name: ClassVar[str] = "requests+lxml"  # type: ignore[misc]
+    parser: ClassVar[str] = "lxml"  # type: ignore[misc]

@@ -44,7 +44,8 @@ def _reactor() -> Any:
         from twisted.internet import reactor
 
         thread = threading.Thread(
-            target=reactor.run, kwargs={"installSignalHandlers": False}, name="corpusforge-reactor", daemon=True
+            target=reactor.run,  # type: ignore[misc]
+            kwargs={"installSignalHandlers": False}, name="corpusforge-reactor", daemon=True
         )
         thread.start()
         _REACTOR.append(reactor)
@@ -142,7 +143,7 @@ class ScrapyBackend:
             "EXTENSIONS": {"scrapy.extensions.logstats.LogStats": None, "scrapy.extensions.memusage.MemoryUsage": None},
         }
         runner = CrawlerRunner(settings)
-        self._crawler = runner.create_crawler(Bridge)
+        self._crawler: Any = runner.create_crawler(Bridge)
         self._done = blockingCallFromThread(reactor, lambda: runner.crawl(self._crawler) and None)
         if not opened.wait(30):
             raise RuntimeError("Scrapy's engine did not open the spider within 30 s")
@@ -211,7 +212,7 @@ class ScrapyBackend:
             if stop is not None:  # Scrapy >= 2.13: a coroutine
                 from twisted.internet.defer import Deferred
 
-                self._blocking(self._reactor, lambda: Deferred.fromCoroutine(stop()))
+                self._blocking(self._reactor, lambda: Deferred.fromCoroutine(stop()))  # type: ignore[arg-type]
             else:
                 self._blocking(self._reactor, crawler.stop)
         except Exception as exc:  # already stopped

@@ -153,9 +153,9 @@ def shingle_hashes(texts: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray
         parts_d.append(short.astype(np.int64))
     if not parts_h:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    h, d = np.concatenate(parts_h), np.concatenate(parts_d)
-    order = np.argsort(d, kind="stable")
-    return h[order], d[order]
+    all_h, all_d = np.concatenate(parts_h), np.concatenate(parts_d)
+    order = np.argsort(all_d, kind="stable")
+    return all_h[order], all_d[order]
 
 
 def permutations(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
