@@ -36,7 +36,7 @@ from benchmarks._harness import ROOT, parser, print_keyvals, print_table, ratio,
 CONFIG = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "dropout": 0.0,
           "lr": 1e-3, "min_lr": 1e-4, "warmup_iters": 100, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.99,
           "grad_clip": 1.0, "bias": False, "eval_interval": 250, "eval_iters": 20, "log_interval": 250,
-          "sample_tokens": 0, "device": "cpu", "dtype": "float32"}
+          "sample_tokens": 0, "device": "cpu"}
 REFERENCE = {"val_loss": 1.886, "wall_s": 143.0}
 
 
@@ -144,6 +144,8 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--compile", action="store_true", help="torch.compile our model (nanoGPT stays uncompiled)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="ours: auto = bf16 autocast where the CPU has native bf16, else float32 (nanoGPT: float32)")
     args = p.parse_args()
     iters = 200 if args.quick else args.iters
     text_file = shared_file("tinyshakespeare.txt")
@@ -152,7 +154,7 @@ def main() -> None:
     tokens = prepare_tokens(text_file, work)
     prep_s = time.perf_counter() - t0
     eval_interval = iters if args.quick else 250  # quick: one evaluation, at the end, for both
-    extra = {"compile": args.compile, "eval_interval": eval_interval} | ({"threads": args.threads} if args.threads else {})
+    extra = {"compile": args.compile, "eval_interval": eval_interval, "dtype": args.dtype} | ({"threads": args.threads} if args.threads else {})
     ours = run_ours(tokens, work / "out", iters, extra)
     peer = run_nanogpt(args.nanogpt, text_file, iters, eval_interval) if (args.nanogpt / "train.py").is_file() else None
     import torch
