@@ -29,8 +29,8 @@ class TrainStage(Stage):
         batch_size: Annotated[int, Min(1)] = 12,
         grad_accum: Annotated[int, Min(1)] = 1,
         max_iters: Annotated[int, Min(1)] = 2000,
-        lr: Annotated[float, Min(0)] = 1e-3,
-        min_lr: Annotated[float, Min(0)] = 1e-4,
+        lr: Annotated[float, Min(0)] | None = None,  # None: 0.384 / n_embd, at most 3e-3
+        min_lr: Annotated[float, Min(0)] | None = None,  # None: lr / 10
         warmup_iters: Annotated[int, Min(0)] = 100,
         lr_decay_iters: Annotated[int, Min(1)] | None = None,
         weight_decay: Annotated[float, Min(0)] = 0.1,

@@ -60,8 +60,11 @@ class TrainConfig:
     batch_size: int = 12
     grad_accum: int = 1
     max_iters: int = 2000
-    lr: float = 1e-3
-    min_lr: float = 1e-4
+    # None: the peak rate scales with 1/width, 0.384 / n_embd capped at 3e-3 (1e-3 at width 384 as nanoGPT's
+    # shakespeare-char config, 5e-4 at GPT-2 small's 768, 3e-3 at 128, where nanoGPT's 1e-3 under-trains:
+    # benchmarks/train.py); min_lr None: lr / 10.
+    lr: float | None = None
+    min_lr: float | None = None
     warmup_iters: int = 100
     lr_decay_iters: int | None = None  # default: max_iters
     weight_decay: float = 0.1
@@ -81,6 +84,12 @@ class TrainConfig:
     threads: int | None = None
     deterministic: bool = False
     verify_data: bool = True  # sha256 of every token shard against its manifest before training starts
+
+    def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr = auto_lr(self.n_embd)
+        if self.min_lr is None:
+            self.min_lr = self.lr / 10
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(
@@ -109,9 +118,15 @@ class TrainResult:
     flops_per_s: float = 0.0  # model FLOPs (6N + 12LCT per token) per second of the loop's wall time
 
 
+def auto_lr(n_embd: int) -> float:
+    """Default peak learning rate for a model of width ``n_embd``: 0.384 / n_embd, at most 3e-3."""
+    return min(3e-3, 0.384 / n_embd)
+
+
 def lr_at(it: int, cfg: TrainConfig) -> float:
     """Linear warmup for ``warmup_iters``, then cosine decay to ``min_lr`` at ``lr_decay_iters``."""
     decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    assert cfg.lr is not None and cfg.min_lr is not None  # set by __post_init__
     if it < cfg.warmup_iters:
         return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
     if it > decay_iters:
