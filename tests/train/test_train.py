@@ -225,3 +225,50 @@ def test_a_flipped_byte_in_the_shards_is_refused_before_training(tokens, tmp_pat
     )
     assert proc.returncode == 1, proc.stderr
     assert shard.name in proc.stdout + proc.stderr
+
+
+def test_math_and_flash_attention_paths_agree():
+    """The CPU path for short sequences (SDPA's math backend) computes the same attention as the flash kernel
+    used for long ones, forward and backward."""
+    from torch.nn import functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 64, 16, generator=g, requires_grad=True) for _ in range(3))
+    outs = []
+    for backend in (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION):
+        with sdpa_kernel(backend):
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        grads = torch.autograd.grad(y.square().sum(), (q, k, v))
+        outs.append((y.detach(), grads))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
+    for a, b in zip(outs[0][1], outs[1][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_precision_choice_and_default_learning_rate():
+    from corpusforge.train.train import amp_dtype, cpu_has_bf16
+
+    assert amp_dtype("cpu", "float32") is None
+    assert amp_dtype("cpu", "bfloat16") is torch.bfloat16
+    assert amp_dtype("cpu", "auto") is (torch.bfloat16 if cpu_has_bf16() else None)
+    with pytest.raises(ConfigError, match="float16") as e:
+        amp_dtype("cpu", "float16")
+    assert e.value.path == "dtype"
+    # Peak lr scales with 1/width (capped); min_lr follows it; explicit values are kept.
+    assert TrainConfig(n_embd=128).lr == pytest.approx(3e-3)
+    assert TrainConfig(n_embd=384).lr == pytest.approx(1e-3)
+    assert TrainConfig(n_embd=768).lr == pytest.approx(5e-4)
+    assert TrainConfig(n_embd=32).lr == pytest.approx(3e-3)
+    assert TrainConfig(n_embd=384).min_lr == pytest.approx(1e-4)
+    c = TrainConfig(lr=2e-3, min_lr=0.0)
+    assert (c.lr, c.min_lr) == (2e-3, 0.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cpu_training_in_each_precision_learns(tokens, tmp_path, dtype):
+    res = train(TrainConfig(**(TINY | {"max_iters": 30, "eval_interval": 30, "dtype": dtype})), tokens, tmp_path)
+    losses = [v for _, v in res.train_losses]
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.5, losses
+    state = json.loads(next((tmp_path / "checkpoints").glob("*/state.json")).read_text())
+    assert state["precision"] == dtype
