@@ -48,7 +48,9 @@ def page_html(i: int, n: int) -> bytes:
 def serve(n: int) -> tuple[ThreadingHTTPServer, str]:
     sections = (n + 9) // 10
     pages: dict[str, bytes] = {"/robots.txt": b"User-agent: *\nAllow: /\n"}
-    pages["/"] = ("<html><body>" + "".join(f'<a href="/s/{s}.html">s{s}</a>' for s in range(sections)) + "</body></html>").encode()
+    pages["/"] = (
+        "<html><body>" + "".join(f'<a href="/s/{s}.html">s{s}</a>' for s in range(sections)) + "</body></html>"
+    ).encode()
     for s in range(sections):
         pages[f"/s/{s}.html"] = (
             f"<html><body><h1>Section {s}</h1>"
@@ -247,7 +249,9 @@ def main() -> None:
     p.add_argument("--pages", type=int, default=None, help="site size (default 1,000; 3,000 without --quick)")
     p.add_argument("--browser-pages", type=int, default=None, help="pages crawled by the browser backends")
     p.add_argument("--skip-browser", action="store_true")
-    p.add_argument("--repeat", type=int, default=None, help="runs of each side, alternating, best kept (default 3; 1 with --quick)")
+    p.add_argument(
+        "--repeat", type=int, default=None, help="runs of each side, alternating, best kept (default 3; 1 with --quick)"
+    )
     args = p.parse_args()
     n = args.pages or (1000 if args.quick else 3000)
     browser_pages = args.browser_pages or (40 if args.quick else 300)

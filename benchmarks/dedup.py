@@ -42,16 +42,8 @@ from collections import defaultdict
 import numpy as np
 
 from benchmarks._harness import SHARED_DATA, parser, print_keyvals, print_table  # noqa: E402
-from corpusforge.steps.dedup.index import BandIndex  # noqa: E402
-from corpusforge.steps.dedup.shingles import (  # noqa: E402
-    band_hashes,
-    jit,
-    packed_shingles,
-    pair_jaccards,
-    permutations,
-    signatures,
-    words,
-)
+from corpusforge.dedup.index import BandIndex  # noqa: E402
+from corpusforge.dedup.shingles import band_hashes, jit, packed_shingles, pair_jaccards, permutations, signatures, words
 
 NGRAM, BANDS, ROWS, SEED, THRESHOLD = 5, 14, 8, 1, 0.8
 EDIT_RATES = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)

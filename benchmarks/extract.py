@@ -25,7 +25,7 @@ import time  # noqa: E402
 from collections import Counter  # noqa: E402
 
 from benchmarks._harness import SHARED_DATA, parser, print_keyvals, print_table  # noqa: E402
-from corpusforge.steps.extract import extract_lxml, extract_trafilatura  # noqa: E402
+from corpusforge.clean.extract import extract_lxml, extract_trafilatura  # noqa: E402
 
 NAV = ["Home", "Products", "Blog", "About us", "Contact", "Careers", "Press", "Support"]
 BOILER = [

@@ -218,7 +218,7 @@ def write_doc_shards(docs: list[str], folder: Path) -> None:
 def bench_bpe_training(sample: list[str], vocab: int) -> dict:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from corpusforge.tokenizer import train_tokenizer
+    from corpusforge.tokens.tokenizer import train_tokenizer
 
     def raw() -> Tokenizer:
         tok = Tokenizer(models.BPE())
@@ -250,7 +250,7 @@ def bench_bpe_training(sample: list[str], vocab: int) -> dict:
 def bench_unigram(sample: list[str], vocab: int, work: Path) -> dict:
     import sentencepiece as spm
 
-    from corpusforge.tokenizer import train_tokenizer
+    from corpusforge.tokens.tokenizer import train_tokenizer
 
     text = "\n".join(sample)
     nbytes = len(text.encode("utf-8"))
@@ -298,7 +298,8 @@ def bench_tokenize(docs: list[str], tok_path: Path, work: Path, workers: int, ro
     from tokenizers import Tokenizer
 
     from corpusforge.document import Document
-    from corpusforge.shards import token_arrays, write_token_shards
+    from corpusforge.tokens.read import token_arrays
+    from corpusforge.tokens.stage import write_token_shards
 
     tok = Tokenizer.from_file(str(tok_path))
     eot = tok.token_to_id(EOT)
@@ -349,9 +350,8 @@ def bench_tokenize(docs: list[str], tok_path: Path, work: Path, workers: int, ro
 # --------------------------------------------------------------------------------------------------- memory
 def child_memory(mode: str, shards: Path, out: Path, tok_path: str, max_chars: int) -> None:
     """Run one stage's task on document shards in this (fresh) process and print its peak RSS in MiB."""
-    from corpusforge.shards import TokensStage
     from corpusforge.stage import StageContext
-    from corpusforge.tokenizer import TokenizerStage
+    from corpusforge.tokens.stage import TokenizerStage, TokensStage
 
     out.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(run_dir=out.parent, out_dir=out, in_dir=shards, stage_name=mode)

@@ -145,3 +145,54 @@ def stages_table(result: Any) -> Table:
             str(files),
         )
     return t
+
+
+def run_with_progress(
+    recipe: Any,
+    *,
+    force: bool = False,
+    workers: int | None = None,
+    max_pages: int | None = None,
+    max_runtime: float | None = None,
+    quiet: bool = False,
+) -> Any:
+    """Run a validated recipe with progress output and print the summary; returns the ``RunResult``."""
+    from corpusforge.errors import DONE
+    from corpusforge.runner import run_recipe
+
+    with reporter() as rep:
+        result = run_recipe(
+            recipe, force=force, workers=workers, max_pages=max_pages, max_runtime_s=max_runtime, reporter=rep
+        )
+    if not quiet:
+        console().print(stages_table(result))
+    if result.message:
+        if result.status != DONE:
+            print(f"corpusforge: error: {result.message}", file=sys.stderr)
+        else:
+            print(result.message)
+    return result
+
+
+def plan_table(recipe: Any) -> Table:
+    """A recipe's plan: stages, kinds, inputs, folders, task counts and what is already done."""
+    from corpusforge.plan import make_plan
+
+    entries = make_plan(recipe)
+    t = Table(title=f"{recipe.name} → {recipe.workdir} (workers={recipe.workers})")
+    for c in ("stage", "kind", "input", "folder", "tasks", "state"):
+        t.add_column(c)
+    dirs = {e.spec.name: e.home for e in entries}
+    for e in entries:
+        try:
+            n = str(e.stage.num_tasks(e.context(recipe, dirs)))
+        except Exception:  # noqa: BLE001 - input not there yet
+            n = "?"
+        if (e.out_dir / "manifest.json").is_file():
+            state = "done"
+        elif (e.out_dir / "completions").is_dir():
+            state = f"{len(list((e.out_dir / 'completions').glob('*.json')))} task(s) done"
+        else:
+            state = "pending"
+        t.add_row(e.name, e.spec.kind, e.spec.input or "-", str(e.out_dir), n, state)
+    return t

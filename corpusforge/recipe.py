@@ -11,144 +11,27 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import inspect
 import json
 import re
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any
 
 from corpusforge.errors import ConfigError
-
-# ----------------------------------------------------------------------------------------- value constraints
-
-
-@dataclass(frozen=True)
-class Min:
-    """Lower bound (inclusive) for an ``Annotated`` number."""
-
-    value: float
+from corpusforge.params import Max, Min, check_value, parse_value, schema_of, validate_kwargs
+from corpusforge.step import FunctionStep, Step, as_step
 
 
-@dataclass(frozen=True)
-class Max:
-    """Upper bound (inclusive) for an ``Annotated`` number."""
+def build_step(spec: dict[str, Any], *, path: str) -> Step:
+    """``{"type": name, **kwargs}`` → a constructed step, validated against its constructor.
 
-    value: float
-
-
-_TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool", dict: "table", list: "list"}
-
-
-def _type_name(tp: Any) -> str:
-    if tp in _TYPE_NAMES:
-        return _TYPE_NAMES[tp]
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def check_value(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against the type hint ``tp``; return it converted (int → float, str → Path)."""
-    origin = typing.get_origin(tp)
-    if tp is Any or tp is inspect.Parameter.empty:
-        return value
-    if origin is Annotated:
-        base, *marks = typing.get_args(tp)
-        value = check_value(value, base, path)
-        for m in marks:
-            if isinstance(m, Min) and value is not None and value < m.value:
-                raise ConfigError(f"must be >= {m.value:g}, got {value!r}", path=path)
-            if isinstance(m, Max) and value is not None and value > m.value:
-                raise ConfigError(f"must be <= {m.value:g}, got {value!r}", path=path)
-        return value
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return check_value(value, a, path)
-            except ConfigError as exc:
-                errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        names = " or ".join(_type_name(a) for a in args if a is not type(None))
-        raise ConfigError(f"expected {names}, got {type(value).__name__} {value!r}", path=path)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"must be one of {', '.join(map(repr, choices))}, got {value!r}.{hint}", path=path)
-        return value
-    if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"expected a list, got {type(value).__name__} {value!r}", path=path)
-        args = typing.get_args(tp)
-        item = args[0] if args else Any
-        return [check_value(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"expected a table, got {type(value).__name__} {value!r}", path=path)
-        args = typing.get_args(tp)
-        vt = args[1] if len(args) == 2 else Any
-        return {k: check_value(v, vt, f"{path}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"expected true or false, got {value!r}", path=path)
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"expected int, got {type(value).__name__} {value!r}", path=path)
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"expected a number, got {type(value).__name__} {value!r}", path=path)
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"expected a string, got {type(value).__name__} {value!r}", path=path)
-        return value
-    if tp is Path:
-        if not isinstance(value, str | Path):
-            raise ConfigError(f"expected a path string, got {value!r}", path=path)
-        return str(value)
-    return value
-
-
-def validate_kwargs(cls: type, kwargs: dict[str, Any], path: str) -> dict[str, Any]:
-    """Check ``kwargs`` against ``cls.__init__``'s keyword-only parameters; return converted values."""
-    init = cls.__dict__.get("__init__") or next(k.__dict__["__init__"] for k in cls.__mro__ if "__init__" in k.__dict__)
-    sig = inspect.signature(init)
-    try:
-        hints = typing.get_type_hints(init, include_extras=True)
-    except Exception:  # noqa: BLE001 - unresolvable hints: fall back to no type checks
-        hints = {}
-    params = {
-        n: p for n, p in sig.parameters.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
-    out: dict[str, Any] = {}
-    for key, value in kwargs.items():
-        if key not in params:
-            close = difflib.get_close_matches(key, list(params), n=3, cutoff=0.6)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            allowed = ", ".join(params) or "(none)"
-            raise ConfigError(f"unknown key.{hint} Allowed keys: {allowed}", path=f"{path}.{key}" if path else key)
-        out[key] = check_value(value, hints.get(key, Any), f"{path}.{key}" if path else key)
-    for n, p in params.items():
-        if p.default is inspect.Parameter.empty and n not in out:
-            raise ConfigError("required key is missing", path=f"{path}.{n}" if path else n)
-    return out
-
-
-def build_step(spec: dict[str, Any], *, path: str):  # type: ignore[no-untyped-def]
-    """``{"type": name, **kwargs}`` → a constructed step, validated against its constructor."""
+    A registered plain function ``f(docs, rank, world_size, *, k=...)`` becomes a ``FunctionStep``; the
+    table's other keys fill its keyword-only parameters.
+    """
     from corpusforge.registry import STEPS
 
     if not isinstance(spec, dict):
@@ -156,10 +39,13 @@ def build_step(spec: dict[str, Any], *, path: str):  # type: ignore[no-untyped-d
     if "type" not in spec:
         raise ConfigError("missing 'type' (the step's registry name)", path=f"{path}.type")
     kwargs = {k: v for k, v in spec.items() if k != "type"}
-    cls = STEPS.get(spec["type"], path=f"{path}.type")
-    if not inspect.isclass(cls):
-        return cls  # a plain function step
-    return cls(**validate_kwargs(cls, kwargs, path))
+    target = STEPS.get(spec["type"], path=f"{path}.type")
+    if inspect.isclass(target):
+        return as_step(target(**validate_kwargs(schema_of(target), kwargs, path)))
+    if not callable(target):
+        raise ConfigError(f"step {spec['type']!r} is registered as {target!r}, not a Step or a function", path=path)
+    kw = validate_kwargs(target, kwargs, path)
+    return FunctionStep(functools.partial(target, **kw) if kw else target, name=str(spec["type"]))
 
 
 # ---------------------------------------------------------------------------------------------- recipe
@@ -204,13 +90,6 @@ TOP_KEYS = {
 }
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 _INDEX = re.compile(r"\[(\d+)\]")
 
 
@@ -241,9 +120,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
             raise ConfigError(f"--set: index {last} out of range", path=key)
-        node[int(last)] = _parse_value(value)
+        node[int(last)] = parse_value(value)
     else:
-        node[last] = _parse_value(value)
+        node[last] = parse_value(value)
 
 
 def load_recipe_dict(path: Path) -> dict[str, Any]:
@@ -302,7 +181,8 @@ def validate_recipe(raw: dict[str, Any], *, source: str | None = None, base_dir:
                         f"input {inp!r} is not an earlier stage; earlier stages: {', '.join(seen) or '(none)'}",
                         path=f"{spath}.input",
                     )
-            params = validate_kwargs(cls, {k: v for k, v in st.items() if k not in ("kind", "name", "input")}, spath)
+            table = {k: v for k, v in st.items() if k not in ("kind", "name", "input")}
+            params = validate_kwargs(schema_of(cls), table, spath)
             stage = cls(**params)
             validate = getattr(stage, "validate", None)
             if callable(validate):

@@ -1,6 +1,6 @@
 """Name → class registries for stages, steps and crawl backends, with entry-point plugins.
 
-Built-ins are registered as ``"module:attr"`` strings and imported on first use, so ``import corpusforge``
+Built-ins are ``"module:attr"`` strings (``builtins.py``, data only) imported on first use, so ``import corpusforge``
 stays light. Third-party packages add entries through the entry-point groups ``corpusforge.steps``,
 ``corpusforge.stages`` and ``corpusforge.backends``.
 Modules named in the ``CORPUSFORGE_PLUGINS`` environment variable (comma-separated) are imported too.
@@ -14,14 +14,15 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from corpusforge import builtins
 from corpusforge.errors import ConfigError
 
 
 class Registry:
-    def __init__(self, kind: str, entry_point_group: str) -> None:
+    def __init__(self, kind: str, entry_point_group: str, builtins: dict[str, str]) -> None:
         self.kind = kind
         self.group = entry_point_group
-        self._targets: dict[str, str | Any] = {}
+        self._targets: dict[str, str | Any] = dict(builtins)
         self._plugins_loaded = False
 
     def add(self, name: str, target: str | Any) -> None:
@@ -40,8 +41,6 @@ class Registry:
             return
         self._plugins_loaded = True
         from importlib.metadata import entry_points
-
-        import corpusforge.builtins  # noqa: F401  (registers the built-ins by name)
 
         for ep in entry_points(group=self.group):
             self._targets.setdefault(ep.name, ep.value)
@@ -70,6 +69,6 @@ class Registry:
         return target
 
 
-STAGES = Registry("stage kind", "corpusforge.stages")
-STEPS = Registry("step", "corpusforge.steps")
-BACKENDS = Registry("crawl backend", "corpusforge.backends")
+STAGES = Registry("stage kind", "corpusforge.stages", builtins.STAGES)
+STEPS = Registry("step", "corpusforge.steps", builtins.STEPS)
+BACKENDS = Registry("crawl backend", "corpusforge.backends", builtins.BACKENDS)

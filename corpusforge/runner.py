@@ -1,4 +1,4 @@
-"""The local executor: runs a plan's stages in order, spreading each stage's tasks over worker processes.
+"""The runner: a plan's stages in order, each stage's pending tasks handed to the executor.
 
 ``run_recipe(recipe, force=False, max_pages=None, max_runtime_s=None, workers=None, reporter=None)``
 returns a ``RunResult`` whose ``status`` is one of the exit codes below.
@@ -12,9 +12,10 @@ Batch-job guarantees:
   which rebuilds that stage and every later one;
 - the stage manifest is written last, from the completion markers.
 
-Errors decide what happens (``corpusforge.errors``): ``RetryableError`` and a killed worker → the task is
-retried (``RETRIES`` times); any other error fails that task, the stage's other tasks go on, and the run
-stops after the stage with FAILED; ``FatalError`` stops at once.
+The runner alone holds the lock and writes stage files and manifests; the executor
+(``corpusforge.executors.local``) runs the tasks, and the error type decides what happens to a failed one
+(``corpusforge.executors.policy``): retried, failed while the others go on (the run then stops after the
+stage with FAILED), stopped early (PARTIAL), or the whole run stopped (``FatalError``).
 """
 
 from __future__ import annotations
@@ -22,14 +23,11 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import signal
 import time
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,27 +36,24 @@ from typing import Any, Protocol
 import tomli_w
 
 from corpusforge.errors import (
+    DONE,
+    FAILED,
+    PARTIAL,
     ConfigError,
-    CorpusforgeError,
-    DivergedError,
     FatalError,
     Interrupted,
     LockedError,
-    RetryableError,
 )
+from corpusforge.executors.local import run_tasks
 from corpusforge.plan import PlanEntry, make_plan, stage_dirs
 from corpusforge.recipe import Recipe
-from corpusforge.stage import STOP, Stage, StageContext, TaskResult
+from corpusforge.stage import STOP, StageContext, TaskResult, marker_path
 from corpusforge.stats import merge_step_lists
 from corpusforge.storage import MANIFEST, atomic_write_bytes, atomic_write_json, clean_temp_files, write_manifest
 
 log = logging.getLogger(__name__)
 
-# Exit codes, documented in the README.
-DONE, FAILED, BAD_CONFIG, LOCKED, PARTIAL, DIVERGED = 0, 1, 2, 3, 4, 5
-RETRIES = 2
 STAGE_FILE = "stage.json"
-COMPLETIONS = "completions"
 
 
 class Reporter(Protocol):
@@ -122,35 +117,6 @@ def workdir_lock(workdir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-# ------------------------------------------------------------------------------------------------ tasks
-def _marker(out_dir: Path, rank: int) -> Path:
-    return out_dir / COMPLETIONS / f"{rank:05d}.json"
-
-
-def _worker_init() -> None:
-    # Workers ignore SIGINT (the parent decides) and turn SIGTERM into a cooperative stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: STOP.set())
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def execute_task(stage: Stage, ctx: StageContext, rank: int) -> dict[str, Any]:
-    """Run one task and, unless it stopped early, write its completion marker. Runs in a worker process."""
-    stage.prepare_task(ctx, rank)
-    t0 = time.time()
-    result: TaskResult = stage.run_task(ctx, rank)
-    record = result.to_dict() | {"rank": rank, "seconds": round(time.time() - t0, 3)}
-    if not result.partial:
-        marker = _marker(ctx.out_dir, rank)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(marker, record)
-    return record | {"partial": result.partial}
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, CorpusforgeError) else str(exc)
 
 
 # ------------------------------------------------------------------------------------------------ runner
@@ -226,43 +192,48 @@ class Runner:
     # -- one stage
     def run_entry(self, e: PlanEntry) -> StageOutcome:
         out = StageOutcome(name=e.name, kind=e.spec.kind, status="done", out_dir=e.out_dir)
-        if e.external:
-            out.status = "skipped"
-            out.manifest = json.loads((e.out_dir / MANIFEST).read_text())
-            return out
         manifest_path = e.out_dir / MANIFEST
-        stage_file = e.out_dir / STAGE_FILE
-        if manifest_path.is_file() and stage_file.is_file():
+        if e.external or (manifest_path.is_file() and (e.out_dir / STAGE_FILE).is_file()):
             out.status = "skipped"
             out.manifest = json.loads(manifest_path.read_text())
-            self._load_stats(e, out)
+            if not e.external:
+                self._load_stats(e, out)
             return out
-        e.out_dir.mkdir(parents=True, exist_ok=True)
-        clean_temp_files(e.out_dir)
-        if not stage_file.is_file():
-            atomic_write_json(
-                stage_file,
-                {
-                    "config_hash": e.config_hash,
-                    "kind": e.spec.kind,
-                    "name": e.name,
-                    "config": e.stage.config() or e.spec.params,
-                },
-            )
+        self._open_stage_folder(e)
         ctx = e.context(self.recipe, self.dirs, max_pages=self.max_pages, deadline=self.deadline, fault=self.fault)
-        n = e.stage.num_tasks(ctx)
-        out.tasks = n
-        pending = [r for r in range(n) if not _marker(e.out_dir, r).is_file()]
+        n = out.tasks = e.stage.num_tasks(ctx)
+        pending = [r for r in range(n) if not marker_path(e.out_dir, r).is_file()]
         self.reporter.stage_start(e.name, n, n - len(pending))
-        partial = self._run_tasks(e, ctx, pending, out)
-        if out.failed_tasks:
-            out.status = "failed"
-        elif partial:
-            out.status = "partial"
-        if out.status != "done":
+        tasks = run_tasks(
+            e.stage, ctx, pending, workers=self.workers, on_done=lambda r: self.reporter.task_done(e.name, r)
+        )
+        out.failed_tasks = sorted(tasks.failed)
+        out.errors = [f"task {r}: {why}" for r, why in sorted(tasks.failed.items())]
+        if out.failed_tasks or tasks.partial:
+            out.status = "failed" if out.failed_tasks else "partial"
             self.reporter.stage_end(e.name, out.status)
             return out
-        results = [json.loads(_marker(e.out_dir, r).read_text()) for r in range(n)]
+        self._seal_stage(e, ctx, n, out)
+        self.reporter.stage_end(e.name, "done")
+        return out
+
+    def _open_stage_folder(self, e: PlanEntry) -> None:
+        """Create the folder, drop temp files of an interrupted write, record the config it is made with."""
+        e.out_dir.mkdir(parents=True, exist_ok=True)
+        clean_temp_files(e.out_dir)
+        stage_file = e.out_dir / STAGE_FILE
+        if not stage_file.is_file():
+            record = {
+                "config_hash": e.config_hash,
+                "kind": e.spec.kind,
+                "name": e.name,
+                "config": e.stage.config() or e.spec.params,
+            }
+            atomic_write_json(stage_file, record)
+
+    def _seal_stage(self, e: PlanEntry, ctx: StageContext, n: int, out: StageOutcome) -> None:
+        """Every task is done: merge their markers into stats.json, finalize, and write the manifest last."""
+        results = [json.loads(marker_path(e.out_dir, r).read_text()) for r in range(n)]
         files = [f for r in results for f in r["files"]]
         steps = merge_step_lists([r["steps"] for r in results])
         for s in steps:
@@ -284,8 +255,6 @@ class Runner:
         config = {"stage": e.name, "kind": e.spec.kind, "params": e.spec.params, "config_hash": e.config_hash}
         out.manifest = write_manifest(e.out_dir, files, config=config, extra=extra)
         out.steps, out.extra = steps, _sum_extra(extra_tasks) | extra
-        self.reporter.stage_end(e.name, "done")
-        return out
 
     def _load_stats(self, e: PlanEntry, out: StageOutcome) -> None:
         f = e.out_dir / "stats" / "stats.json"
@@ -296,109 +265,8 @@ class Runner:
         if out.manifest:
             out.extra |= {k: v for k, v in out.manifest.items() if k not in ("files", "config", "versions", "format")}
 
-    def _run_tasks(self, e: PlanEntry, ctx: StageContext, pending: list[int], out: StageOutcome) -> bool:
-        """Run pending tasks; returns True if any task stopped early (partial)."""
-        partial = False
-        attempts = {r: 0 for r in pending}
-        workers = min(self.workers, len(pending))
-        if workers <= 1 or not e.stage.parallel():
-            for r in pending:
-                while True:
-                    if STOP.is_set():
-                        return True
-                    try:
-                        rec = execute_task(e.stage, ctx, r)
-                        partial |= rec["partial"]
-                        if not rec["partial"]:
-                            self.reporter.task_done(e.name, r)
-                        break
-                    except (FatalError, DivergedError, Interrupted, KeyboardInterrupt):
-                        raise
-                    except RetryableError as exc:
-                        attempts[r] += 1
-                        if attempts[r] > RETRIES:
-                            out.failed_tasks.append(r)
-                            out.errors.append(f"task {r}: {_describe(exc)}")
-                            break
-                        log.warning("stage %s task %d: %s; retrying", e.name, r, exc)
-                    except Exception as exc:  # noqa: BLE001 - the task fails, the others go on
-                        log.error(
-                            "stage %s task %d failed: %s",
-                            e.name,
-                            r,
-                            _describe(exc),
-                            exc_info=not isinstance(exc, CorpusforgeError),
-                        )
-                        out.failed_tasks.append(r)
-                        out.errors.append(f"task {r}: {_describe(exc)}")
-                        break
-            return partial
-        queue = list(pending)
-        while queue:
-            try:
-                partial |= self._pool_round(e, ctx, queue, attempts, out, workers)
-                queue = []
-            except BrokenProcessPool:
-                # A worker died (killed, out of memory): retry what did not finish.
-                queue = [r for r in queue if not _marker(e.out_dir, r).is_file() and r not in out.failed_tasks]
-                for r in queue:
-                    attempts[r] += 1
-                queue_ok = [r for r in queue if attempts[r] <= RETRIES]
-                for r in set(queue) - set(queue_ok):
-                    out.failed_tasks.append(r)
-                    out.errors.append(f"task {r}: worker process died {attempts[r]} times")
-                log.warning("stage %s: a worker process died; retrying tasks %s", e.name, queue_ok)
-                queue = queue_ok
-            if STOP.is_set():
-                return True
-        return partial
-
-    def _pool_round(
-        self,
-        e: PlanEntry,
-        ctx: StageContext,
-        queue: list[int],
-        attempts: dict[int, int],
-        out: StageOutcome,
-        workers: int,
-    ) -> bool:
-        partial = False
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
-        ) as ex:
-            futures: dict[Future[dict[str, Any]], int] = {ex.submit(execute_task, e.stage, ctx, r): r for r in queue}
-            while futures:
-                done, _ = wait(futures, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    r = futures.pop(fut)
-                    try:
-                        rec = fut.result()
-                        partial |= rec["partial"]
-                        if not rec["partial"]:
-                            self.reporter.task_done(e.name, r)
-                    except BrokenProcessPool:
-                        raise
-                    except (FatalError, DivergedError):
-                        for f in futures:
-                            f.cancel()
-                        raise
-                    except RetryableError as exc:
-                        attempts[r] += 1
-                        if attempts[r] > RETRIES:
-                            out.failed_tasks.append(r)
-                            out.errors.append(f"task {r}: {_describe(exc)}")
-                        else:
-                            futures[ex.submit(execute_task, e.stage, ctx, r)] = r
-                    except Interrupted:
-                        partial = True
-                    except Exception as exc:  # noqa: BLE001
-                        log.error("stage %s task %d failed: %s", e.name, r, _describe(exc))
-                        out.failed_tasks.append(r)
-                        out.errors.append(f"task {r}: {_describe(exc)}")
-        return partial
-
     # -- the whole run
-    def run(self, only: list[str] | None = None) -> RunResult:
+    def run(self) -> RunResult:
         self.prepare_workdir()
         with workdir_lock(self.recipe.workdir):
             self.check_configs()
@@ -474,6 +342,5 @@ def stop_on_signals() -> Iterator[None]:
 
 def run_recipe(recipe: Recipe, **kw: Any) -> RunResult:
     """Run a validated recipe; see ``Runner`` for the keyword arguments."""
-    only = kw.pop("only", None)
     with stop_on_signals():
-        return Runner(recipe, **kw).run(only)
+        return Runner(recipe, **kw).run()

@@ -12,13 +12,14 @@ several stages in the plan, so its sub-stages cannot disagree about inputs or ta
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from corpusforge.storage import manifest_paths
+from corpusforge.storage import atomic_write_json, manifest_paths
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ class StageContext:
         if self.fault:
             name, _, at = self.fault.partition(":")
             if name == self.stage_name and at and n == int(at):
-                import os
-
                 os._exit(137)
 
 
@@ -81,6 +80,9 @@ class Stage:
     """Base of every stage kind; subclasses define keyword-only constructor parameters."""
 
     kind: ClassVar[str] = "stage"
+    # A keyword-only dataclass the recipe validates this stage's table against, when the parameters are a
+    # config of their own (``TrainConfig``, ``CrawlSettings``); None: the constructor is the schema.
+    schema: ClassVar[type | None] = None
     # True when the stage's files are document shards that a later stage can read.
     produces_documents: ClassVar[bool] = True
 
@@ -125,3 +127,24 @@ class Stage:
     def summary(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Figures for the end-of-run table."""
         return {}
+
+
+COMPLETIONS = "completions"
+
+
+def marker_path(out_dir: Path, rank: int) -> Path:
+    """The completion marker of task ``rank``: it exists only once the task's outputs are durable."""
+    return out_dir / COMPLETIONS / f"{rank:05d}.json"
+
+
+def execute_task(stage: Stage, ctx: StageContext, rank: int) -> dict[str, Any]:
+    """Run one task and, unless it stopped early, write its completion marker. Runs in a worker process."""
+    stage.prepare_task(ctx, rank)
+    t0 = time.time()
+    result = stage.run_task(ctx, rank)
+    record = result.to_dict() | {"rank": rank, "seconds": round(time.time() - t0, 3)}
+    if not result.partial:
+        marker = marker_path(ctx.out_dir, rank)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(marker, record)
+    return record | {"partial": result.partial}

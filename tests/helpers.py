@@ -8,12 +8,12 @@ from typing import Annotated, ClassVar
 
 from corpusforge.document import Document
 from corpusforge.errors import TaskError
-from corpusforge.recipe import Min
+from corpusforge.params import Min
 from corpusforge.registry import STAGES, STEPS
 from corpusforge.stage import Stage, StageContext, TaskResult
 from corpusforge.stats import StepStats
 from corpusforge.step import Filter
-from corpusforge.storage import ShardWriter
+from corpusforge.storage import ShardWriter, write_manifest
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda".split()
 
@@ -70,3 +70,15 @@ class MinWords(Filter):
 STAGES.add("test_source", SourceStage)
 STEPS.add("test_min_words", MinWords)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def write_doc_shards(folder, docs, per_file=50):
+    """A finished document-shard folder (shards + manifest) holding ``docs``, ``per_file`` to a shard."""
+    folder.mkdir(parents=True)
+    files = []
+    for k in range(0, len(docs), per_file):
+        with ShardWriter(folder, f"{k // per_file:05d}") as w:
+            for d in docs[k : k + per_file]:
+                w.write(d)
+        files += w.files
+    write_manifest(folder, files, config={})

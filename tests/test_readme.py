@@ -6,13 +6,16 @@ import re
 import tomllib
 from pathlib import Path
 
+from corpusforge.errors import DONE
 from corpusforge.recipe import validate_recipe
-from corpusforge.runner import DONE, run_recipe
+from corpusforge.runner import run_recipe
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 PAGE = "<html><body><main>{}</main></body></html>"
-PROSE = ("The river rose slowly through the night, and by the morning the lower fields were under water. "
-         "Farmers moved their animals to the high ground and waited for the rain to stop. ")
+PROSE = (
+    "The river rose slowly through the night, and by the morning the lower fields were under water. "
+    "Farmers moved their animals to the high ground and waited for the rain to stop. "
+)
 
 
 def test_readme_recipe_example_runs(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from corpusforge.crawl.frontier import Frontier, PageRecord
+from corpusforge.crawl.html import charset_of, decode_html, optouts, sitemap_locs, visible_text_chars
 from corpusforge.crawl.page import FetchRequest, FetchResponse
 from corpusforge.crawl.robots import RobotsCache
 from corpusforge.crawl.spider import SavedPage, Spider
@@ -86,84 +87,6 @@ def _retry_after_s(value: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
-
-
-def _charset(content_type: str) -> str | None:
-    import re
-
-    m = re.search(r"charset=[\"']?([\w-]+)", content_type or "", re.I)
-    return m.group(1).lower() if m else None
-
-
-def decode_html(body: bytes, content_type: str) -> str:
-    """Decode with the header charset, else a meta charset, else detection (charset-normalizer)."""
-    import re
-
-    charset = None
-    m = re.search(r"charset=([\w-]+)", content_type or "", re.I)
-    if m:
-        charset = m.group(1)
-    if charset is None:
-        m2 = re.search(rb"<meta[^>]+charset=[\"']?([\w-]+)", body[:4096], re.I)
-        if m2:
-            charset = m2.group(1).decode("ascii", "replace")
-    if charset:
-        try:
-            return body.decode(charset)
-        except (LookupError, UnicodeDecodeError):
-            pass
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError:
-        from charset_normalizer import from_bytes
-
-        best = from_bytes(body).best()
-        return str(best) if best is not None else body.decode("utf-8", errors="replace")
-
-
-def visible_text_chars(html: str) -> int:
-    """Characters of visible text (scripts, styles and templates excluded), whitespace collapsed."""
-    import lxml.html
-
-    if not html.strip():
-        return 0
-    try:
-        root = lxml.html.fromstring(html)
-    except (ValueError, lxml.etree.ParserError):
-        return 0
-    for bad in root.xpath("//script|//style|//noscript|//template"):
-        bad.drop_tree()
-    return len(" ".join(root.text_content().split()))
-
-
-def sitemap_locs(body: bytes) -> list[str] | None:
-    """``<loc>`` URLs of a sitemap or sitemap index, or None when the body is not one (no entities, no network)."""
-    import lxml.etree
-
-    parser = lxml.etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
-    try:
-        root = lxml.etree.fromstring(body, parser)
-    except (lxml.etree.XMLSyntaxError, ValueError):
-        return None
-    if root is None or lxml.etree.QName(root).localname not in ("urlset", "sitemapindex"):
-        return None
-    return [str(t).strip() for t in root.xpath("//*[local-name()='loc']/text()") if str(t).strip()]
-
-
-def _optouts(headers: dict[str, str], html: str) -> list[str]:
-    import re
-
-    flags = set()
-    xrt = headers.get("x-robots-tag", "").lower()
-    for token in ("noai", "noimageai", "noindex"):
-        if token in xrt:
-            flags.add(token)
-    for m in re.finditer(r"<meta[^>]+name=[\"']?robots[\"']?[^>]*>", html[:20000], re.I):
-        tag = m.group(0).lower()
-        for token in ("noai", "noindex"):
-            if token in tag:
-                flags.add(token)
-    return sorted(flags)
 
 
 class Crawler:
@@ -321,7 +244,11 @@ class Crawler:
             if previous.last_modified:
                 headers["If-Modified-Since"] = previous.last_modified
         return FetchRequest(
-            url, headers=headers, max_bytes=self.s.max_bytes, timeout_s=self.s.timeout_s, max_redirects=self.s.max_redirects
+            url,
+            headers=headers,
+            max_bytes=self.s.max_bytes,
+            timeout_s=self.s.timeout_s,
+            max_redirects=self.s.max_redirects,
         )
 
     def _fetch(self, url: str, host: str, delay: float, previous: PageRecord | None = None) -> FetchResponse:
@@ -345,7 +272,9 @@ class Crawler:
             return
         backoff = self.s.backoff_s * (2**item.tries)
         # Retry-After and the backoff hold the whole host back, not only this URL.
-        self.host_next[host] = max(self.host_next.get(host, 0.0), time.monotonic() + max(retry_after or 0.0, backoff, delay))
+        self.host_next[host] = max(
+            self.host_next.get(host, 0.0), time.monotonic() + max(retry_after or 0.0, backoff, delay)
+        )
         self._count("retries")
         self.queue.append(_Item(item.url, item.depth, item.tries + 1))
 
@@ -437,7 +366,7 @@ class Crawler:
                 self._drop(item.url, "content_type")
                 return
             html = decode_html(resp.body, resp.headers.get("content-type", ""))
-            flags = _optouts(resp.headers, html)
+            flags = optouts(resp.headers, html)
             if self.s.honour_noai and ("noai" in flags or "noindex" in flags):
                 self._drop(item.url, "optout_noai" if "noai" in flags else "optout_noindex")
                 return
@@ -469,7 +398,7 @@ class Crawler:
                     return
                 html = r.rendered_html or ""
                 rendered = True
-                flags = sorted(set(flags) | set(_optouts({}, html)))
+                flags = sorted(set(flags) | set(optouts({}, html)))
                 if self.s.honour_noai and ("noai" in flags or "noindex" in flags):
                     self._drop(item.url, "optout_noai" if "noai" in flags else "optout_noindex")
                     return
@@ -477,7 +406,9 @@ class Crawler:
             if item.depth < self.spider.max_depth + 1:
                 links = self.spider.parse(SavedPage(url=url, html=html, parser=self.parser))
             self._store(item, url, resp, html, flags, rendered=rendered)
-            self.pending_pages.append((item.url, resp.headers.get("etag"), resp.headers.get("last-modified"), digest, links))
+            self.pending_pages.append(
+                (item.url, resp.headers.get("etag"), resp.headers.get("last-modified"), digest, links)
+            )
             for link in links:
                 self._admit(link, item.depth + 1)
             return
@@ -496,7 +427,7 @@ class Crawler:
             self.writer = ShardWriter(self.ctx.out_dir, f"seg-{self.segment_no:05d}", max_bytes=1 << 40)
         headers = {k: v for k, v in resp.headers.items() if k in KEPT_HEADERS}
         meta: dict[str, Any] = {"headers": headers, "depth": item.depth, "bytes": len(resp.body)}
-        charset = _charset(resp.headers.get("content-type", ""))
+        charset = charset_of(resp.headers.get("content-type", ""))
         if charset:
             meta["charset"] = charset
         if rendered:

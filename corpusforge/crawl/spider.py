@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from corpusforge.errors import ConfigError
-from corpusforge.recipe import check_value
+from corpusforge.params import check_value
 
 
 @dataclass

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from corpusforge.errors import ConfigError
-from corpusforge.recipe import Max, Min
+from corpusforge.params import Max, Min
 from corpusforge.stage import Stage, StageContext, TaskResult
 
 DEFAULT_UA = "corpusforge/0.1 (+https://github.com/corpusforge/corpusforge; crawler for LM research)"
@@ -90,7 +90,8 @@ class CrawlStage(Stage):
                 raise ConfigError(str(exc), path=f"{path}.backend") from exc
         if self.previous is not None and not (Path(self.previous) / "state" / "frontier.sqlite").is_file():
             raise ConfigError(
-                f"{self.previous!r} is not an earlier crawl's folder (no state/frontier.sqlite)", path=f"{path}.previous"
+                f"{self.previous!r} is not an earlier crawl's folder (no state/frontier.sqlite)",
+                path=f"{path}.previous",
             )
         for i, seed in enumerate(self.seeds or spider.seeds):
             if not scheme_ok(seed):

@@ -53,7 +53,7 @@ def run_demo(
     workers: int | None = None,
     quiet: bool = False,
 ) -> int:
-    from corpusforge.cli import execute
+    from corpusforge.console import run_with_progress
     from corpusforge.defaults import demo_recipe
     from corpusforge.demo.server import serve
     from corpusforge.demo.site import build_site
@@ -71,7 +71,7 @@ def run_demo(
             seed_url=base, spider=spider, workdir=workdir, pages=pages, train_iters=train_iters, workers=workers or 2
         )
         recipe = validate_recipe(raw, source="corpusforge demo")
-        result = execute(recipe, quiet=quiet)
+        result = run_with_progress(recipe, quiet=quiet)
         requests_seen = len(access_log)
     if not quiet:
         print_summary(result, site_pages=len(site), requests_seen=requests_seen, seconds=time.time() - t0)

@@ -27,8 +27,9 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     c = model.cfg
     zeros = lambda n: torch.zeros(n)  # noqa: E731
     sd: dict[str, torch.Tensor] = {"transformer.wte.weight": model.wte.weight.detach().clone()}
-    sd["transformer.wpe.weight"] = (model.wpe.weight.detach().clone() if c.pos_encoding == "learned"
-                                    else sinusoidal_table(c.block_size, c.n_embd))
+    sd["transformer.wpe.weight"] = (
+        model.wpe.weight.detach().clone() if c.pos_encoding == "learned" else sinusoidal_table(c.block_size, c.n_embd)
+    )
     for i, blk in enumerate(model.blocks):
         b = cast(Block, blk)
         p = f"transformer.h.{i}."
@@ -58,12 +59,24 @@ def export_gpt2(out_dir: Path, dest: Path, *, tokenizer_path: Path | None = None
     model, state = load_model(out_dir)
     c = model.cfg
     tokens_dir = Path(state["tokens_dir"])
-    manifest = json.loads((tokens_dir / "manifest.json").read_text()) if (tokens_dir / "manifest.json").is_file() else {}
+    manifest = (
+        json.loads((tokens_dir / "manifest.json").read_text()) if (tokens_dir / "manifest.json").is_file() else {}
+    )
     eot = int(manifest.get("eot_id", 0))
     config = transformers.GPT2Config(
-        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
-        activation_function="gelu_new" if c.activation == "gelu_tanh" else "gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-        bos_token_id=eot, eos_token_id=eot, tie_word_embeddings=True,
+        vocab_size=c.vocab_size,
+        n_positions=c.block_size,
+        n_embd=c.n_embd,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        activation_function="gelu_new" if c.activation == "gelu_tanh" else "gelu",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        tie_word_embeddings=True,
     )
     hf = transformers.GPT2LMHeadModel(config)
     missing, unexpected = hf.load_state_dict(gpt2_state_dict(model), strict=False)
@@ -76,7 +89,7 @@ def export_gpt2(out_dir: Path, dest: Path, *, tokenizer_path: Path | None = None
     hf.save_pretrained(str(tmp), safe_serialization=True)
     tok = find_tokenizer(tokens_dir, tokenizer_path)
     if tok is not None:
-        from corpusforge.tokenizer import hf_files
+        from corpusforge.tokens.tokenizer import hf_files
 
         shutil.copy(tok, tmp / "tokenizer.json")
         for name, data in hf_files(tok, model_max_length=c.block_size).items():

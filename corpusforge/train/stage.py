@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from corpusforge.recipe import Max, Min
+from corpusforge.params import Max, Min
 from corpusforge.stage import Stage, StageContext, TaskResult
 from corpusforge.storage import sha256_file
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from corpusforge.errors import DONE, PARTIAL
 from corpusforge.recipe import validate_recipe
-from corpusforge.runner import DONE, PARTIAL, run_recipe
+from corpusforge.runner import run_recipe
 from corpusforge.storage import iter_documents, manifest_paths, validate_folder
 from tests.conftest import cli_env
 from tests.crawl.faultserver import (
@@ -38,7 +39,8 @@ def _browser_missing() -> bool:
 
 # The browser tests run in CI (which installs chromium and chromium-driver); elsewhere they skip without them.
 needs_browser = pytest.mark.skipif(
-    _browser_missing() and not os.environ.get("CI"), reason="chromium/chromedriver not installed (apt-get install chromium chromium-driver)"
+    _browser_missing() and not os.environ.get("CI"),
+    reason="chromium/chromedriver not installed (apt-get install chromium chromium-driver)",
 )
 
 
@@ -139,7 +141,9 @@ def test_robots_5xx_disallows_everything_and_4xx_allows(tmp_path, servers, robot
 
 
 def test_robots_unreachable_host_is_disallowed(tmp_path, backend):
-    res, docs, step = crawl(tmp_path, ["http://127.0.0.1:9/"], ["127.0.0.1"], backend=backend)  # nothing listens on port 9
+    res, docs, step = crawl(
+        tmp_path, ["http://127.0.0.1:9/"], ["127.0.0.1"], backend=backend
+    )  # nothing listens on port 9
     assert docs == [] and step["dropped"] == {"robots_unavailable": 1}
 
 
@@ -189,7 +193,9 @@ def test_bombs_caps_trickle_partial_bodies(tmp_path, servers, backend):
         }
     )
     t0 = time.monotonic()
-    res, docs, step = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"], max_bytes=256 << 10, timeout_s=1.5, max_retries=0, backend=backend)
+    res, docs, step = crawl(
+        tmp_path, [s.base + "/"], ["127.0.0.1"], max_bytes=256 << 10, timeout_s=1.5, max_retries=0, backend=backend
+    )
     assert time.monotonic() - t0 < 12  # the trickle is cut at its 1.5 s deadline, not after 10 s
     assert sorted(d.url.rsplit("/", 1)[1] for d in docs) == ["", "ok"]
     assert step["dropped"]["too_large"] == 2
@@ -324,7 +330,9 @@ def test_recrawl_sends_conditional_requests_and_stores_only_changes(tmp_path, se
     _, first, _ = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"], workdir="day1")
     assert len(first) == 4
     version["n"] = 2
-    res, second, step = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"], workdir="day2", previous=str(tmp_path / "day1" / "crawl"))
+    res, second, step = crawl(
+        tmp_path, [s.base + "/"], ["127.0.0.1"], workdir="day2", previous=str(tmp_path / "day1" / "crawl")
+    )
     assert sorted(d.url.rsplit("/", 1)[1] for d in second) == ["changes"]
     assert step["dropped"]["not_modified"] == 1 and step["dropped"]["unchanged"] == 2
     assert [h.headers.get("if-none-match") for h in s.log if h.path == "/etag"] == [None, '"v1"']
@@ -333,9 +341,16 @@ def test_recrawl_sends_conditional_requests_and_stores_only_changes(tmp_path, se
 def test_cookies_and_userinfo_never_cross_hosts_or_ports(tmp_path, servers, backend):
     b = servers(host="127.0.0.2", routes={"/": html("b")})
     a2 = servers(routes={"/": html("a2")})
-    a = servers(routes={"/": (200, {"Content-Type": "text/html", "Set-Cookie": "sid=secret"},
-                              f'<a href="{b.base}/">b</a><a href="{a2.base}/">a2</a><a href="/again">x</a>'.encode()),
-                        "/again": html("again")})
+    a = servers(
+        routes={
+            "/": (
+                200,
+                {"Content-Type": "text/html", "Set-Cookie": "sid=secret"},
+                f'<a href="{b.base}/">b</a><a href="{a2.base}/">a2</a><a href="/again">x</a>'.encode(),
+            ),
+            "/again": html("again"),
+        }
+    )
     seed = a.base.replace("http://", "http://user:pw@") + "/"
     res, docs, step = crawl(tmp_path, [seed], ["127.0.0.1", "127.0.0.2"], backend=backend)
     assert len(docs) == 4
@@ -350,7 +365,11 @@ def test_every_bomb_encoding_endless_chunks_broken_chunking_and_resets(tmp_path,
     small = lambda: iter([b"<html><body>", b"a first part"])  # noqa: E731
     s = servers(
         routes={
-            "/": html("".join(f'<a href="/{p}">{p}</a>' for p in ("deflate", "br", "stacked", "endless", "broken", "reset", "ok"))),
+            "/": html(
+                "".join(
+                    f'<a href="/{p}">{p}</a>' for p in ("deflate", "br", "stacked", "endless", "broken", "reset", "ok")
+                )
+            ),
             "/deflate": deflate_bomb(50 << 20),
             "/br": brotli_bomb(50 << 20),
             "/stacked": stacked_bomb(50 << 20),
@@ -361,7 +380,9 @@ def test_every_bomb_encoding_endless_chunks_broken_chunking_and_resets(tmp_path,
         }
     )
     t0 = time.monotonic()
-    res, docs, step = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"], max_bytes=256 << 10, max_retries=1, backend=backend)
+    res, docs, step = crawl(
+        tmp_path, [s.base + "/"], ["127.0.0.1"], max_bytes=256 << 10, max_retries=1, backend=backend
+    )
     assert time.monotonic() - t0 < 60
     assert sorted(d.url.rsplit("/", 1)[1] for d in docs) == ["", "ok"]
     assert step["dropped"]["too_large"] == 4, step["dropped"]
@@ -414,7 +435,11 @@ def test_three_hosts_keep_their_own_delay_and_do_not_stall_each_other(tmp_path, 
         made.append(servers(host=host, routes={"/": html(links)} | {f"/p{i}": slow(host) for i in range(3)}))
     t0 = time.monotonic()
     res, docs, step = crawl(
-        tmp_path, [m.base + "/" for m in made], ["127.0.0.1", "127.0.0.2", "127.0.0.3"], min_delay_s=0.6, backend=backend
+        tmp_path,
+        [m.base + "/" for m in made],
+        ["127.0.0.1", "127.0.0.2", "127.0.0.3"],
+        min_delay_s=0.6,
+        backend=backend,
     )
     elapsed = time.monotonic() - t0
     assert len(docs) == 12
@@ -440,7 +465,12 @@ def test_503_backs_off_exponentially_and_other_hosts_go_on(tmp_path, servers, ba
     links = "".join(f'<a href="/p{i}">p</a>' for i in range(3))
     good = servers(host="127.0.0.2", routes={"/": html(links)} | {f"/p{i}": html("ok") for i in range(3)})
     res, docs, step = crawl(
-        tmp_path, [bad.base + "/", good.base + "/"], ["127.0.0.1", "127.0.0.2"], backoff_s=0.3, max_retries=3, backend=backend
+        tmp_path,
+        [bad.base + "/", good.base + "/"],
+        ["127.0.0.1", "127.0.0.2"],
+        backoff_s=0.3,
+        max_retries=3,
+        backend=backend,
     )
     gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
     assert len(calls) == 4 and step["dropped"]["http_503"] == 1

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from corpusforge.crawl.spider import load_spider, run_checks
+from corpusforge.errors import DONE, PARTIAL
 from corpusforge.recipe import validate_recipe
-from corpusforge.runner import DONE, PARTIAL, run_recipe
+from corpusforge.runner import run_recipe
 from corpusforge.storage import iter_documents, manifest_paths, validate_folder
 from tests.conftest import cli_env
 from tests.crawl.faultserver import FaultServer, html
@@ -49,7 +50,9 @@ def _recipe(tmp_path: Path, base: str) -> Path:
     spider = tmp_path / "spider.toml"
     spider.write_text(f'name = "t"\nseeds = ["{base}/"]\nallowed_domains = ["127.0.0.1"]\n')
     recipe = tmp_path / "r.toml"
-    recipe.write_text(f'name = "t"\n[[stages]]\nkind = "crawl"\nspider = "{spider}"\nmin_delay_s = 0.0\nsegment_pages = 4\n')
+    recipe.write_text(
+        f'name = "t"\n[[stages]]\nkind = "crawl"\nspider = "{spider}"\nmin_delay_s = 0.0\nsegment_pages = 4\n'
+    )
     return recipe
 
 
@@ -86,7 +89,9 @@ def test_sigterm_flushes_state_exits_partial_and_the_next_run_continues(tmp_path
 def test_max_runtime_stops_as_partial_and_resumes(tmp_path, slow_server):
     cmd = [*CLI, "run", str(_recipe(tmp_path, slow_server.base)), "--workdir", "w"]
     t0 = time.monotonic()
-    first = subprocess.run([*cmd, "--max-runtime", "1"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60)
+    first = subprocess.run(
+        [*cmd, "--max-runtime", "1"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60
+    )
     assert first.returncode == PARTIAL, first.stderr
     assert time.monotonic() - t0 < 20 and 0 < len(_pages(slow_server)) < 31
     second = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60)
@@ -102,7 +107,9 @@ def test_crawl_command_with_scrapy_backend_and_max_pages(tmp_path):
         spider = tmp_path / "site.toml"
         spider.write_text(f'name = "site"\nseeds = ["{s.base}/"]\nallowed_domains = ["127.0.0.1"]\n')
         cmd = [*CLI, "crawl", str(spider), "--backend", "scrapy", "--workdir", "w", "--set", "stages[0].min_delay_s=0"]
-        first = subprocess.run([*cmd, "--max-pages", "3"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
+        first = subprocess.run(
+            [*cmd, "--max-pages", "3"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120
+        )
         assert first.returncode == PARTIAL, first.stderr
         assert len(_pages(s)) == 3
         second = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
@@ -115,11 +122,17 @@ def test_crawl_command_with_scrapy_backend_and_max_pages(tmp_path):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_python_spider_runs_unchanged_on_every_backend(tmp_path, backend):
-    s = FaultServer(routes={"/": html("".join(f'<a href="/p{i}.html">p</a>' for i in range(6)))}
-                    | {f"/p{i}.html": html(f"page {i}") for i in range(6)})
+    s = FaultServer(
+        routes={"/": html("".join(f'<a href="/p{i}.html">p</a>' for i in range(6)))}
+        | {f"/p{i}.html": html(f"page {i}") for i in range(6)}
+    )
     try:
-        stage = {"kind": "crawl", "spider": "tests.crawl.pyspider:EvenPagesSpider", "seeds": [s.base + "/"],
-                 "backend": backend} | FAST
+        stage = {
+            "kind": "crawl",
+            "spider": "tests.crawl.pyspider:EvenPagesSpider",
+            "seeds": [s.base + "/"],
+            "backend": backend,
+        } | FAST
         if backend in ("selenium", "auto"):
             stage["timeout_s"] = 15.0
         res = run_recipe(validate_recipe({"name": "t", "workdir": str(tmp_path / "w"), "stages": [stage]}))
@@ -140,20 +153,39 @@ def test_spider_checks_pass_offline_for_shipped_spiders_and_fail_loudly():
 
 
 def test_new_spider_writes_a_loadable_skeleton_whose_check_names_the_missing_page(tmp_path):
-    made = subprocess.run([*CLI, "new-spider", "blog", "https://blog.example.org/posts/"], cwd=tmp_path,
-                          env=cli_env(), capture_output=True, text=True, timeout=60)
+    made = subprocess.run(
+        [*CLI, "new-spider", "blog", "https://blog.example.org/posts/"],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert made.returncode == 0, made.stderr
     spider = load_spider(str(tmp_path / "spiders" / "blog.toml"))
     assert spider.seeds == ["https://blog.example.org/posts/"] and spider.allowed_domains == ["blog.example.org"]
     assert spider.min_delay_s == 2.0 and (tmp_path / "spiders" / "blog" / "pages").is_dir()
-    check = subprocess.run([*CLI, "check", "spiders/blog.toml"], cwd=tmp_path, env=cli_env(), capture_output=True,
-                           text=True, timeout=60)
+    check = subprocess.run(
+        [*CLI, "check", "spiders/blog.toml"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60
+    )
     assert check.returncode == 1 and "example.html not found" in check.stdout
-    again = subprocess.run([*CLI, "new-spider", "blog", "https://blog.example.org/"], cwd=tmp_path, env=cli_env(),
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [*CLI, "new-spider", "blog", "https://blog.example.org/"],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 2 and "exists" in again.stderr
-    bad = subprocess.run([*CLI, "new-spider", "x", "file:///etc/passwd"], cwd=tmp_path, env=cli_env(),
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [*CLI, "new-spider", "x", "file:///etc/passwd"],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2
 
 
@@ -180,8 +212,14 @@ def test_local_html_folder(tmp_path):
 
 def test_local_jsonl_counts_bad_lines(tmp_path):
     f = tmp_path / "in.jsonl.gz"
-    lines = [json.dumps({"id": "a", "text": "hello", "url": "https://x.org/a", "lang": "en"}), "{not json",
-             json.dumps([1, 2]), json.dumps({"id": "c", "text": 5}), json.dumps({"text": "no id"}), ""]
+    lines = [
+        json.dumps({"id": "a", "text": "hello", "url": "https://x.org/a", "lang": "en"}),
+        "{not json",
+        json.dumps([1, 2]),
+        json.dumps({"id": "c", "text": 5}),
+        json.dumps({"text": "no id"}),
+        "",
+    ]
     f.write_bytes(gzip.compress("\n".join(lines).encode()))
     status, docs, step = _local(tmp_path, {"kind": "read_jsonl", "path": str(f)})
     assert status == DONE
@@ -198,8 +236,10 @@ def test_local_warc_keeps_html_responses(tmp_path):
     f = tmp_path / "crawl.warc.gz"
     with open(f, "wb") as fh:
         w = WARCWriter(fh, gzip=True)
-        for url, ctype, body in [("https://x.org/", "text/html; charset=utf-8", b"<html><body>warc page</body></html>"),
-                                 ("https://x.org/img.png", "image/png", b"\x89PNG")]:
+        for url, ctype, body in [
+            ("https://x.org/", "text/html; charset=utf-8", b"<html><body>warc page</body></html>"),
+            ("https://x.org/img.png", "image/png", b"\x89PNG"),
+        ]:
             http = StatusAndHeaders("200 OK", [("Content-Type", ctype)], protocol="HTTP/1.1")
             w.write_record(w.create_warc_record(url, "response", payload=BytesIO(body), http_headers=http))
         w.write_record(w.create_warc_record("https://x.org/", "request", payload=BytesIO(b"GET / HTTP/1.1\r\n\r\n")))
@@ -213,8 +253,15 @@ def test_missing_local_input_is_a_config_error(tmp_path):
     from corpusforge.errors import ConfigError
 
     with pytest.raises(ConfigError, match="does not exist"):
-        run_recipe(validate_recipe({"name": "t", "workdir": str(tmp_path / "w"),
-                                    "stages": [{"kind": "read_html", "path": str(tmp_path / "nope")}]}))
+        run_recipe(
+            validate_recipe(
+                {
+                    "name": "t",
+                    "workdir": str(tmp_path / "w"),
+                    "stages": [{"kind": "read_html", "path": str(tmp_path / "nope")}],
+                }
+            )
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -222,14 +269,23 @@ def test_sitemaps_are_read_and_their_entries_crawled(tmp_path, backend):
     s = FaultServer(routes={f"/s{i}.html": html(f"from the sitemap {i}") for i in range(3)})
     ns = 'xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"'
     xml = {"Content-Type": "application/xml"}
-    s.routes["/index.xml"] = (200, xml, f'<?xml version="1.0"?><sitemapindex {ns}><sitemap><loc>{s.base}/a.xml</loc>'
-                              f'</sitemap></sitemapindex>'.encode())
+    s.routes["/index.xml"] = (
+        200,
+        xml,
+        f'<?xml version="1.0"?><sitemapindex {ns}><sitemap><loc>{s.base}/a.xml</loc></sitemap></sitemapindex>'.encode(),
+    )
     locs = "".join(f"<url><loc>{s.base}/s{i}.html</loc></url>" for i in range(3))
-    s.routes["/a.xml"] = (200, xml, f'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
-                          f'<urlset {ns}>{locs}<url><loc>https://elsewhere.example/</loc></url></urlset>'.encode())
+    s.routes["/a.xml"] = (
+        200,
+        xml,
+        f'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+        f"<urlset {ns}>{locs}<url><loc>https://elsewhere.example/</loc></url></urlset>".encode(),
+    )
     spider = tmp_path / "sm.toml"
-    spider.write_text(f'name = "sm"\nseeds = []\nsitemaps = ["{s.base}/index.xml"]\nallowed_domains = ["127.0.0.1"]\n'
-                      'exclude = ["s2"]\n')
+    spider.write_text(
+        f'name = "sm"\nseeds = []\nsitemaps = ["{s.base}/index.xml"]\nallowed_domains = ["127.0.0.1"]\n'
+        'exclude = ["s2"]\n'
+    )
     stage = {"kind": "crawl", "spider": str(spider), "backend": backend} | FAST
     if backend in ("selenium", "auto"):
         stage["timeout_s"] = 15.0

@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 
 from corpusforge.document import Document  # noqa: E402
 from corpusforge.errors import ConfigError, DivergedError  # noqa: E402
-from corpusforge.shards import write_token_shards  # noqa: E402
-from corpusforge.tokenizer import train_tokenizer  # noqa: E402
+from corpusforge.tokens.stage import write_token_shards  # noqa: E402
+from corpusforge.tokens.tokenizer import train_tokenizer  # noqa: E402
 from corpusforge.train import checkpoint as ckpt  # noqa: E402
 from corpusforge.train.model import GPT, GPTConfig  # noqa: E402
 from corpusforge.train.train import TrainConfig, train  # noqa: E402
@@ -190,8 +190,19 @@ def _hidden(model, x):
 
 
 def test_ddp_with_two_gloo_processes(tokens, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           "-m", "corpusforge.cli", "train", str(tokens), "--out", "o"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "corpusforge.cli",
+        "train",
+        str(tokens),
+        "--out",
+        "o",
+    ]
     cmd += [f"--set={k}={v}" for k, v in (TINY | {"max_iters": 20, "eval_interval": 10}).items()]
     out = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -220,8 +231,21 @@ def test_a_flipped_byte_in_the_shards_is_refused_before_training(tokens, tmp_pat
         train(TrainConfig(**TINY, max_iters=2, eval_interval=2), bad, out, quiet=True)
     assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
     proc = subprocess.run(
-        [sys.executable, "-m", "corpusforge.cli", "train", str(bad), "--out", str(tmp_path / "o2"), "--set", "max_iters=2"],
-        capture_output=True, text=True, env=cli_env(), timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "corpusforge.cli",
+            "train",
+            str(bad),
+            "--out",
+            str(tmp_path / "o2"),
+            "--set",
+            "max_iters=2",
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
     )
     assert proc.returncode == 1, proc.stderr
     assert shard.name in proc.stdout + proc.stderr

@@ -46,7 +46,9 @@ class LangchainBackend(RequestsFetcher):
             # Runs inside Session.send before the body is read: read it ourselves, capped, and hand the
             # loader a response whose content is already there.
             body, error = read_capped(r, request.max_bytes, deadline)
-            seen.update(status=r.status_code, headers={k.lower(): v for k, v in r.headers.items()}, body=body, error=error)
+            seen.update(
+                status=r.status_code, headers={k.lower(): v for k, v in r.headers.items()}, body=body, error=error
+            )
             r._content = body
             r._content_consumed = True
             return r

@@ -45,7 +45,9 @@ def _reactor() -> Any:
 
         thread = threading.Thread(
             target=reactor.run,  # type: ignore[misc]
-            kwargs={"installSignalHandlers": False}, name="corpusforge-reactor", daemon=True
+            kwargs={"installSignalHandlers": False},
+            name="corpusforge-reactor",
+            daemon=True,
         )
         thread.start()
         _REACTOR.append(reactor)
@@ -62,7 +64,11 @@ def _error_name(failure: Any) -> str:
     text = f"{type(exc).__name__} {exc}".lower()
     if "max size" in text or "maxsize" in text:
         return "too_large"  # cancelled by the download handler, or refused by the decompression middleware
-    timeouts = (error.TimeoutError, defer.TimeoutError, getattr(scrapy.exceptions, "DownloadTimeoutError", error.TimeoutError))
+    timeouts = (
+        error.TimeoutError,
+        defer.TimeoutError,
+        getattr(scrapy.exceptions, "DownloadTimeoutError", error.TimeoutError),
+    )
     if isinstance(exc, timeouts) or "took longer than" in text:
         return "timeout"
     cancelled = (defer.CancelledError, getattr(scrapy.exceptions, "DownloadCancelledError", defer.CancelledError))
@@ -175,7 +181,13 @@ class ScrapyBackend:
             if not result.done():
                 result.set_result(
                     FetchResponse(
-                        request.url, request.url, 0, {}, b"", error=_error_name(failure), elapsed_s=time.monotonic() - t0
+                        request.url,
+                        request.url,
+                        0,
+                        {},
+                        b"",
+                        error=_error_name(failure),
+                        elapsed_s=time.monotonic() - t0,
                     )
                 )
 

@@ -140,7 +140,9 @@ class SeleniumBackend(RequestsFetcher):
         self.check_available()
         self.browser_path, self.driver_path = find_browser()
         # CORPUSFORGE_BROWSER_TMP: where profile folders go (tests use it to find leftovers).
-        self.profile_root = tempfile.mkdtemp(prefix="corpusforge-chromium-", dir=os.environ.get("CORPUSFORGE_BROWSER_TMP"))
+        self.profile_root = tempfile.mkdtemp(
+            prefix="corpusforge-chromium-", dir=os.environ.get("CORPUSFORGE_BROWSER_TMP")
+        )
         self._reaper: subprocess.Popen[bytes] | None = subprocess.Popen(
             [sys.executable, "-c", REAPER, self.profile_root],
             stdin=subprocess.PIPE,

@@ -1,0 +1,5 @@
+"""``python -m corpusforge``: the command line."""
+
+from corpusforge.cli import main
+
+main()

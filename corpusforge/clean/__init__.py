@@ -1,0 +1,1 @@
+"""The ``process`` stage and its steps: main-text extraction, normalization, boilerplate, PII, quality filters."""

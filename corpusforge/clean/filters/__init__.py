@@ -1,0 +1,1 @@
+"""Quality filters: each names its drop reasons (``gopher_short_doc``, ``c4_javascript``, …)."""

@@ -1,0 +1,24 @@
+"""The ``corpusforge`` command line: thin command groups over the library (nothing in the library imports this).
+
+Groups: ``pipeline`` (run, plan, validate, crawl, build, demo), ``crawl`` (check, new-spider), ``tokens``
+(export-nanogpt, tokenizer-report, token-lineage), ``train`` (train, sample, export). Exit codes are the
+error types' own (``corpusforge.errors.ExitCode``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from corpusforge.cli import crawl, pipeline, tokens, train  # noqa: F401  (each registers its commands on app)
+from corpusforge.cli.app import app, err
+from corpusforge.errors import ExitCode
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err("interrupted")
+        sys.exit(ExitCode.PARTIAL)

@@ -1,0 +1,5 @@
+"""``python -m corpusforge.cli``."""
+
+from corpusforge.cli import main
+
+main()

@@ -1,0 +1,146 @@
+"""The local executor: a stage's pending tasks in this process (one worker, or a stage that must stay here)
+or in a pool of spawned worker processes.
+
+Workers ignore SIGINT (the parent decides) and turn SIGTERM into the cooperative stop flag. A worker that
+dies takes the pool with it (``BrokenProcessPool``): the tasks without a completion marker are counted as
+one more attempt each (``WorkerDied``) and run again in a fresh pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+from corpusforge.errors import CorpusforgeError
+from corpusforge.executors.policy import Action, WorkerDied, decide, describe
+from corpusforge.stage import STOP, Stage, StageContext, execute_task, marker_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TasksOutcome:
+    """What became of a stage's pending tasks: finished ones have markers; these are the others."""
+
+    partial: bool = False
+    failed: dict[int, str] = field(default_factory=dict)  # rank → why
+
+
+class _Settler:
+    """Applies the failure policy to one stage's tasks and keeps the attempt counts."""
+
+    def __init__(self, stage_name: str, outcome: TasksOutcome) -> None:
+        self.name, self.outcome = stage_name, outcome
+        self.attempts: dict[int, int] = {}
+
+    def failed(self, rank: int, exc: BaseException) -> bool:
+        """Settle ``rank``'s failure; True when the task should run again. Re-raises what stops the run."""
+        self.attempts[rank] = self.attempts.get(rank, 0) + 1
+        action = decide(exc, self.attempts[rank])
+        if action is Action.STOP:
+            raise exc
+        if action is Action.PARTIAL:
+            self.outcome.partial = True
+        elif action is Action.RETRY:
+            log.warning("stage %s task %d: %s; retrying", self.name, rank, describe(exc))
+            return True
+        else:
+            log.error(
+                "stage %s task %d failed: %s",
+                self.name,
+                rank,
+                describe(exc),
+                exc_info=not isinstance(exc, CorpusforgeError),
+            )
+            self.outcome.failed[rank] = describe(exc)
+        return False
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: STOP.set())
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_tasks(
+    stage: Stage, ctx: StageContext, pending: list[int], *, workers: int, on_done: Callable[[int], None]
+) -> TasksOutcome:
+    """Run ``pending`` task ranks of ``stage``; ``on_done(rank)`` after each task that finished whole."""
+    outcome = TasksOutcome()
+    settler = _Settler(ctx.stage_name, outcome)
+    if min(workers, len(pending)) <= 1 or not stage.parallel():
+        _run_here(stage, ctx, pending, settler, on_done)
+        return outcome
+    queue = list(pending)
+    while queue and not STOP.is_set():
+        try:
+            _run_pool(stage, ctx, queue, min(workers, len(queue)), settler, on_done)
+            break
+        except BrokenProcessPool:
+            unfinished = [r for r in queue if not marker_path(ctx.out_dir, r).is_file() and r not in outcome.failed]
+            queue = [r for r in unfinished if settler.failed(r, WorkerDied(f"task {r}: its worker process died"))]
+            log.warning("stage %s: a worker process died; running tasks %s again", ctx.stage_name, queue)
+    if STOP.is_set():
+        outcome.partial = True
+    return outcome
+
+
+def _run_here(
+    stage: Stage, ctx: StageContext, pending: list[int], settler: _Settler, on_done: Callable[[int], None]
+) -> None:
+    for rank in pending:
+        again = True
+        while again:
+            if STOP.is_set() or settler.outcome.partial:
+                settler.outcome.partial = True
+                return
+            try:
+                record = execute_task(stage, ctx, rank)
+            except Exception as exc:  # noqa: BLE001 - settled by the policy (which re-raises what stops the run)
+                again = settler.failed(rank, exc)
+                continue
+            again = False
+            settler.outcome.partial |= record["partial"]
+            if not record["partial"]:
+                on_done(rank)
+
+
+def _run_pool(
+    stage: Stage,
+    ctx: StageContext,
+    queue: list[int],
+    workers: int,
+    settler: _Settler,
+    on_done: Callable[[int], None],
+) -> None:
+    spawn = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=_worker_init) as ex:
+        futures: dict[Future[dict[str, Any]], int] = {ex.submit(execute_task, stage, ctx, r): r for r in queue}
+        while futures:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for fut in done:
+                rank = futures.pop(fut)
+                try:
+                    record = fut.result()
+                except BrokenProcessPool:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - settled by the policy
+                    try:
+                        again = settler.failed(rank, exc)
+                    except BaseException:
+                        for f in futures:
+                            f.cancel()
+                        raise
+                    if again:
+                        futures[ex.submit(execute_task, stage, ctx, rank)] = rank
+                    continue
+                settler.outcome.partial |= record["partial"]
+                if not record["partial"]:
+                    on_done(rank)

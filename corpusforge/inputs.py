@@ -1,0 +1,219 @@
+"""Inputs: every way documents enter a run besides the crawler. Same document-shard output as a crawl.
+
+``read_html`` (a folder of HTML files), ``read_jsonl`` and ``read_warc`` are stages with no input stage;
+files are split over ``tasks`` by sorted position, so the output is deterministic. Ids are stable:
+``sha1(source:relative path)`` for HTML files, the record's own id field for JSONL when present (else
+``sha1(path:line)``), ``sha1(target URI)`` for WARC responses. ``shards`` uses an existing document-shard
+folder (e.g. another run's crawl) as input: it reads nothing and writes nothing, and its folder must hold a
+valid ``manifest.json``; ``corpusforge build`` uses it to start from a finished crawl.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from corpusforge.document import Document, stable_id
+from corpusforge.errors import ConfigError
+from corpusforge.params import Min
+from corpusforge.stage import Stage, StageContext, TaskResult
+from corpusforge.stats import StepStats
+from corpusforge.storage import MANIFEST, ShardWriter
+
+
+class _LocalStage(Stage):
+    patterns: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        tasks: Annotated[int, Min(1)] = 1,
+        source: str | None = None,
+        max_bytes: Annotated[int, Min(1)] = 20 << 20,
+    ) -> None:
+        self.path = path
+        self.tasks = tasks
+        self.source = source
+        self.max_bytes = max_bytes
+
+    def validate(self, path: str) -> None:
+        if not Path(self.path).exists():
+            raise ConfigError(f"{self.path!r} does not exist", path=f"{path}.path")
+        if not self.files():
+            raise ConfigError(
+                f"no input files matching {', '.join(self.patterns)} under {self.path!r}", path=f"{path}.path"
+            )
+
+    def files(self) -> list[Path]:
+        p = Path(self.path)
+        if p.is_file():
+            return [p]
+        return sorted(f for pat in self.patterns for f in p.rglob(pat) if f.is_file())
+
+    def num_tasks(self, ctx: StageContext) -> int:
+        return self.tasks
+
+    def records(self, file: Path, stats: StepStats) -> Iterator[Document]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run_task(self, ctx: StageContext, rank: int) -> TaskResult:
+        stats = StepStats(self.kind)
+        with ShardWriter(ctx.out_dir, f"{rank:05d}") as w:
+            for i, f in enumerate(self.files()):
+                if i % self.tasks != rank:
+                    continue
+                for doc in self.records(f, stats):
+                    w.write(doc)
+                    stats.output += 1
+                    ctx.fault_at(stats.output)
+        return TaskResult(files=w.files, steps=[stats.to_dict()])
+
+    def _source(self) -> str:
+        return self.source or Path(self.path).name
+
+
+class ReadHtmlStage(_LocalStage):
+    """A folder of ``.html`` / ``.htm`` files (recursively)."""
+
+    kind: ClassVar[str] = "read_html"
+    patterns = ("*.html", "*.htm")
+
+    def records(self, file: Path, stats: StepStats) -> Iterator[Document]:
+        from corpusforge.crawl.html import decode_html
+
+        stats.input += 1
+        if file.stat().st_size > self.max_bytes:
+            stats.drop("too_large")
+            return
+        rel = file.relative_to(self.path).as_posix() if Path(self.path).is_dir() else file.name
+        html = decode_html(file.read_bytes(), "")
+        yield Document(
+            id=stable_id(f"{self._source()}:{rel}"), url=None, source=self._source(), html=html, metadata={"path": rel}
+        )
+
+
+class ReadJsonlStage(_LocalStage):
+    """JSON Lines (optionally gzipped): ``text_field`` (or ``html_field``) per line, optional id/url fields."""
+
+    kind: ClassVar[str] = "read_jsonl"
+    patterns = ("*.jsonl", "*.jsonl.gz")
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        tasks: Annotated[int, Min(1)] = 1,
+        source: str | None = None,
+        max_bytes: Annotated[int, Min(1)] = 20 << 20,
+        text_field: str = "text",
+        html_field: str | None = None,
+        id_field: str = "id",
+        url_field: str = "url",
+    ) -> None:
+        super().__init__(path=path, tasks=tasks, source=source, max_bytes=max_bytes)
+        self.text_field = text_field
+        self.html_field = html_field
+        self.id_field = id_field
+        self.url_field = url_field
+
+    def records(self, file: Path, stats: StepStats) -> Iterator[Document]:
+        opener: Any = gzip.open if file.name.endswith(".gz") else open
+        with opener(file, "rt", encoding="utf-8", errors="replace") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                stats.input += 1
+                if len(line) > self.max_bytes:
+                    stats.drop("too_large")
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    stats.drop("bad_json")
+                    continue
+                if not isinstance(rec, dict):
+                    stats.drop("not_an_object")
+                    continue
+                field = self.html_field or self.text_field
+                value = rec.get(field)
+                if not isinstance(value, str):
+                    stats.drop("missing_text" if value is None else "wrong_type")
+                    continue
+                rid = rec.get(self.id_field)
+                url = rec.get(self.url_field) if isinstance(rec.get(self.url_field), str) else None
+                meta = {k: v for k, v in rec.items() if k not in (field, self.id_field, self.url_field)}
+                doc = Document(
+                    id=str(rid) if rid is not None else stable_id(f"{file.name}:{line_no}"),
+                    url=url,
+                    source=self._source(),
+                    metadata=meta,
+                )
+                if self.html_field:
+                    doc.html = value
+                else:
+                    doc.text = value
+                yield doc
+
+
+class ReadWarcStage(_LocalStage):
+    """WARC files (``.warc``, ``.warc.gz``): ``response`` records with an HTML payload (needs warcio)."""
+
+    kind: ClassVar[str] = "read_warc"
+    patterns = ("*.warc", "*.warc.gz")
+
+    def records(self, file: Path, stats: StepStats) -> Iterator[Document]:
+        from corpusforge.crawl.html import decode_html
+        from corpusforge.errors import require
+
+        archive = require("warcio.archiveiterator", "warc")
+        with open(file, "rb") as fh:
+            for rec in archive.ArchiveIterator(fh):
+                if rec.rec_type != "response":
+                    continue
+                stats.input += 1
+                url = rec.rec_headers.get_header("WARC-Target-URI")
+                ctype = rec.http_headers.get_header("Content-Type") if rec.http_headers else ""
+                if ctype and "html" not in ctype.lower():
+                    stats.drop("content_type")
+                    continue
+                body = rec.content_stream().read(self.max_bytes + 1)
+                if len(body) > self.max_bytes:
+                    stats.drop("too_large")
+                    continue
+                status = int(rec.http_headers.get_statuscode()) if rec.http_headers else None
+                yield Document(
+                    id=stable_id(url or f"{file.name}:{stats.input}"),
+                    url=url,
+                    final_url=url,
+                    status=status,
+                    fetched_at=rec.rec_headers.get_header("WARC-Date"),
+                    source=self._source(),
+                    html=decode_html(body, ctype or ""),
+                    backend="warc",
+                )
+
+
+class ShardsInputStage(Stage):
+    """``path``: a folder of document shards with its manifest (the output of a crawl or process stage)."""
+
+    kind: ClassVar[str] = "shards"
+
+    def __init__(self, *, path: str) -> None:
+        self.path = path
+
+    def external_dir(self) -> Path:
+        return Path(self.path).resolve()
+
+    def validate(self, path: str) -> None:
+        if not (Path(self.path) / MANIFEST).is_file():
+            raise ConfigError(
+                f"{self.path!r} has no {MANIFEST}: point it at a finished stage folder (e.g. runs/x/crawl)",
+                path=f"{path}.path",
+            )
+
+    def run_task(self, ctx: StageContext, rank: int) -> TaskResult:  # pragma: no cover - never scheduled
+        return TaskResult()
