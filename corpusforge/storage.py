@@ -55,20 +55,40 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def commit_temp(tmp: Path, final: Path) -> None:
+    """Make a finished temp file durable and give it its final name: fsync, rename, fsync the folder.
+
+    Every writer of the package ends a file this way (shards, token shards, JSON, exports), so a crash leaves
+    the old file or none under the final name, never a partial one; ``OSError`` becomes a ``FatalError``.
+    """
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise FatalError(f"cannot write {final}: {exc.strerror or exc}. Check free space and permissions.") from exc
+
+
+def temp_path(final: Path) -> Path:
+    """Where ``final`` is written until it is complete (``clean_temp_files`` removes leftovers)."""
+    return final.with_name(final.name + TMP_SUFFIX)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file + fsync + rename; a crash leaves the old file or none."""
     path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        tmp.write_bytes(data)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise FatalError(f"cannot write {path}: {exc.strerror or exc}. Check free space and permissions.") from exc
+    commit_temp(tmp, path)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -81,6 +101,12 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def file_record(path: Path, *, name: str | None = None, rows: int = 0, **extra: Any) -> dict[str, Any]:
+    """A manifest entry for a finished file: name (default: the file's), rows, bytes, sha256, extras."""
+    path = Path(path)
+    return {"name": name or path.name, "rows": rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)} | extra
 
 
 def clean_temp_files(folder: Path) -> int:
@@ -143,7 +169,7 @@ class ShardWriter:
 
     def _open(self) -> None:
         self._final = self.folder / self._name()
-        self._tmp = self._final.with_name(self._final.name + TMP_SUFFIX)
+        self._tmp = temp_path(self._final)
         self._sink = pa.OSFile(str(self._tmp), "wb")
         self._writer = ipc.new_file(self._sink, self.schema)
         self._file_rows = 0
@@ -181,22 +207,12 @@ class ShardWriter:
         assert self._sink is not None and self._tmp is not None and self._final is not None
         try:
             self._writer.close()
-            self._sink.flush()
-            os.fsync(self._sink.fileno())
             self._sink.close()
-            os.replace(self._tmp, self._final)
-            fsync_dir(self.folder)
         except OSError as exc:
             self.abort()
             raise FatalError(f"cannot finish shard {self._final}: {exc}. Check free space.") from exc
-        self.files.append(
-            {
-                "name": self._final.name,
-                "rows": self._file_rows,
-                "bytes": self._final.stat().st_size,
-                "sha256": sha256_file(self._final),
-            }
-        )
+        commit_temp(self._tmp, self._final)
+        self.files.append(file_record(self._final, rows=self._file_rows))
         self._writer = None
         self._sink = None
 
@@ -232,34 +248,70 @@ class ShardWriter:
 
 
 # --------------------------------------------------------------------------------------------------- reading
-def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """Read a shard (IPC file, or IPC stream for token shards) fully; raises ``ShardError`` if unreadable."""
+def iter_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """The record batches of an Arrow IPC file or stream, memory-mapped: the one reader of every shard.
+
+    Document shards are IPC files; token shards are IPC streams (what HF datasets writes). The map is not
+    closed here: zero-copy views of a batch (the trainer's token arrays) keep it alive. An unreadable file
+    raises ``ShardError`` naming it.
+    """
     try:
-        with pa.memory_map(str(path), "r") as src:
-            try:
-                table = ipc.open_file(src).read_all()
-            except pa.ArrowInvalid:
-                src.seek(0)
-                table = ipc.open_stream(src).read_all()
+        src = pa.memory_map(str(path), "r")
+        try:
+            reader = ipc.open_file(src)
+            batches: Iterable[pa.RecordBatch] = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        except pa.ArrowInvalid:
+            src.seek(0)
+            batches = ipc.open_stream(src)
+        yield from batches
     except (pa.ArrowInvalid, OSError) as exc:
         raise ShardError(f"{path}: unreadable Arrow file ({exc}); rerun the stage that wrote it") from exc
+
+
+def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A whole shard as one table (small shards: signatures, clusters); ``ShardError`` if unreadable."""
+    batches = list(iter_batches(path))
+    if not batches:
+        with pa.memory_map(str(path), "r") as src:  # an empty file or stream still has a schema
+            try:
+                schema = ipc.open_file(src).schema
+            except pa.ArrowInvalid:
+                src.seek(0)
+                schema = ipc.open_stream(src).schema
+        table = pa.Table.from_batches([], schema=schema)
+    else:
+        table = pa.Table.from_batches(batches)
     return table.select(columns) if columns else table
 
 
 def iter_documents(paths: Iterable[Path], *, columns: list[str] | None = None) -> Iterator[Document]:
     """Stream documents from shards batch by batch (never the whole stream in memory)."""
     for path in paths:
-        try:
-            with pa.memory_map(str(path), "r") as src:
-                reader = ipc.open_file(src)
-                for i in range(reader.num_record_batches):
-                    batch = reader.get_batch(i)
-                    if columns:
-                        batch = batch.select([c for c in columns if c in batch.schema.names])
-                    for row in batch.to_pylist():
-                        yield Document.from_row(row)
-        except pa.ArrowInvalid as exc:
-            raise ShardError(f"{path}: unreadable Arrow file ({exc}); rerun the stage that wrote it") from exc
+        for batch in iter_batches(path):
+            if columns:
+                batch = batch.select([c for c in columns if c in batch.schema.names])
+            for row in batch.to_pylist():
+                yield Document.from_row(row)
+
+
+def read_listed(folder: Path, entry: dict[str, Any], *, verify: bool = False) -> Iterator[pa.RecordBatch]:
+    """The batches of one file a manifest lists (``entry``: name, bytes, rows, sha256), checked as it is read.
+
+    Before reading: present, with the listed size. After the last batch: the listed row count (a stream cut
+    at a batch boundary reads without error, with fewer rows). ``verify``: its sha256 too, first (one pass).
+    Any mismatch raises ``ShardError`` naming the file.
+    """
+    path = Path(folder) / entry["name"]
+    if not path.is_file() or path.stat().st_size != entry["bytes"]:
+        raise ShardError(f"{path}: missing or size differs from {MANIFEST}; run corpusforge validate")
+    if verify and sha256_file(path) != entry["sha256"]:
+        raise ShardError(f"{path}: sha256 differs from {MANIFEST} (altered); run corpusforge validate")
+    rows = 0
+    for batch in iter_batches(path):
+        rows += batch.num_rows
+        yield batch
+    if rows != entry["rows"]:
+        raise ShardError(f"{path}: {rows} rows, {MANIFEST} says {entry['rows']}; run corpusforge validate")
 
 
 # --------------------------------------------------------------------------------------------------- manifests
@@ -296,17 +348,7 @@ def manifest_paths(folder: Path) -> list[Path]:
 
 
 def count_rows(path: Path) -> int:
-    return read_table(path, columns=[]).num_rows if False else _count_rows(path)
-
-
-def _count_rows(path: Path) -> int:
-    with pa.memory_map(str(path), "r") as src:
-        try:
-            reader = ipc.open_file(src)
-            return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-        except pa.ArrowInvalid:
-            src.seek(0)
-            return sum(b.num_rows for b in ipc.open_stream(src))
+    return sum(b.num_rows for b in iter_batches(path))
 
 
 def validate_folder(folder: Path, *, deep: bool = True) -> list[str]:
@@ -338,9 +380,9 @@ def validate_folder(folder: Path, *, deep: bool = True) -> list[str]:
         if not f["name"].endswith(".arrow"):
             continue  # tokenizer files, checkpoints: size and sha256 are the check
         try:
-            rows = _count_rows(path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            problems.append(f"{path}: unreadable ({exc})")
+            rows = count_rows(path)
+        except ShardError as exc:
+            problems.append(f"{path}: unreadable ({exc.__cause__ or exc})")
             continue
         if rows != f["rows"]:
             problems.append(f"{path}: {rows} rows, manifest says {f['rows']}")

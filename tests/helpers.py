@@ -67,7 +67,15 @@ class MinWords(Filter):
         return "too_short" if len(doc.text.split()) < self.min_words else None
 
 
+def every_nth(docs, rank, world_size, *, n: Annotated[int, Min(1)] = 2):
+    """A plain function step: keeps documents whose numeric id is a multiple of ``n``."""
+    for d in docs:
+        if int(d.id.lstrip("d")) % n == 0:
+            yield d
+
+
 STAGES.add("test_source", SourceStage)
+STEPS.add("test_every_nth", every_nth)
 STEPS.add("test_min_words", MinWords)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -82,3 +82,22 @@ def test_load_recipe_file_errors_name_the_file(tmp_path):
         load_recipe(broken)
     with pytest.raises(ConfigError, match="not found"):
         load_recipe(tmp_path / "missing.toml")
+
+
+def test_a_registered_function_is_a_step_with_keyword_parameters(tmp_path):
+    from corpusforge.errors import DONE
+    from corpusforge.runner import run_recipe
+
+    raw = _raw(workdir=str(tmp_path / "w"))
+    raw["stages"][1]["steps"] = [{"type": "test_every_nth", "n": 3}]
+    res = run_recipe(validate_recipe(raw))
+    assert res.status == DONE, res.message
+    step = res.stages[1].steps[0]
+    assert step["name"] == "test_every_nth"
+    assert (step["input"], step["output"], step["dropped"]) == (10, 4, {"dropped": 6})  # ids 0, 3, 6, 9 kept
+    raw["stages"][1]["steps"] = [{"type": "test_every_nth", "m": 3}]
+    with pytest.raises(ConfigError, match=r"stages\[1\]\.steps\[0\]\.m: unknown key.*Allowed keys: n"):
+        validate_recipe(raw)
+    raw["stages"][1]["steps"] = [{"type": "test_every_nth", "n": 0}]
+    with pytest.raises(ConfigError, match=r"steps\[0\]\.n: must be >= 1"):
+        validate_recipe(raw)

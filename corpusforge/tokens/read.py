@@ -2,52 +2,33 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
 from corpusforge.errors import ConfigError, FatalError, ShardError
 from corpusforge.storage import (
     MANIFEST,
-    TMP_SUFFIX,
     atomic_write_json,
+    commit_temp,
+    file_record,
     load_manifest,
-    sha256_file,
+    read_listed,
+    temp_path,
     write_manifest,
 )
 
 
 def _split_batches(tokens_dir: Path, split: str, *, verify: bool = False) -> Iterator[pa.RecordBatch]:
-    """The record batches of ``split``'s shards in manifest order, each file checked against the manifest.
-
-    Always: present and the listed size, and the row count the manifest lists once a file is read (a stream
-    cut at a batch boundary still reads, with fewer rows). ``verify``: its sha256 too (reads every byte once).
-    Any mismatch raises ``ShardError`` naming the file.
-    """
-    tokens_dir = Path(tokens_dir)
+    """The record batches of ``split``'s shards in manifest order, each file checked against the manifest
+    as it is read (``storage.read_listed``: size, row count; sha256 with ``verify``)."""
     manifest = load_manifest(tokens_dir)
-    for f in manifest["files"]:
-        if not f["name"].startswith(f"{split}/"):
-            continue
-        path = tokens_dir / f["name"]
-        if not path.is_file() or path.stat().st_size != f["bytes"]:
-            raise ShardError(f"{path}: missing or size differs from {MANIFEST}; run corpusforge validate")
-        if verify and sha256_file(path) != f["sha256"]:
-            raise ShardError(f"{path}: sha256 differs from {MANIFEST} (altered); run corpusforge validate")
-        rows = 0
-        try:
-            for batch in ipc.open_stream(pa.memory_map(str(path), "r")):
-                rows += batch.num_rows
-                yield batch
-        except pa.ArrowInvalid as exc:
-            raise ShardError(f"{path}: unreadable ({exc}); run corpusforge validate") from exc
-        if rows != f["rows"]:
-            raise ShardError(f"{path}: {rows} rows, {MANIFEST} says {f['rows']}; run corpusforge validate")
+    for entry in manifest["files"]:
+        if entry["name"].startswith(f"{split}/"):
+            yield from read_listed(tokens_dir, entry, verify=verify)
 
 
 def token_arrays(tokens_dir: Path, split: str = "train", *, verify: bool = False) -> list[np.ndarray]:
@@ -104,22 +85,21 @@ def export_nanogpt(tokens_dir: Path, out_dir: Path) -> dict[str, Any]:
     files = []
     for split, name in (("train", "train.bin"), ("val", "val.bin")):
         final = out_dir / name
-        tmp = final.with_name(name + TMP_SUFFIX)
+        tmp = temp_path(final)
         n = 0
         try:
             with open(tmp, "wb") as fh:
                 for arr in token_arrays(tokens_dir, split, verify=True):
                     fh.write(arr.astype("<u2", copy=False).tobytes())
                     n += len(arr)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise FatalError(f"cannot write {final}: {exc}. Check free space.") from exc
         if n != manifest["tokens"][split]:
+            tmp.unlink(missing_ok=True)
             raise ShardError(f"{tokens_dir}: {split} holds {n} tokens, manifest says {manifest['tokens'][split]}")
-        files.append({"name": name, "rows": n, "bytes": final.stat().st_size, "sha256": sha256_file(final)})
+        commit_temp(tmp, final)
+        files.append(file_record(final, rows=n))
     meta = {
         "vocab_size": manifest["vocab_size"],
         "eot_id": manifest["eot_id"],
@@ -128,6 +108,5 @@ def export_nanogpt(tokens_dir: Path, out_dir: Path) -> dict[str, Any]:
         "tokenizer_sha256": manifest.get("tokenizer_sha256"),
     }
     atomic_write_json(out_dir / "meta.json", meta)
-    meta_path = out_dir / "meta.json"
-    files.append({"name": "meta.json", "rows": 0, "bytes": meta_path.stat().st_size, "sha256": sha256_file(meta_path)})
+    files.append(file_record(out_dir / "meta.json"))
     return write_manifest(out_dir, files, config={"from": str(tokens_dir.resolve())}, extra={"format_of": "nanogpt"})

@@ -18,6 +18,7 @@ from corpusforge.storage import (
     MANIFEST,
     atomic_write_bytes,
     atomic_write_json,
+    file_record,
     iter_documents,
     sha256_file,
     write_manifest,
@@ -128,9 +129,7 @@ class TokenizerStage(Stage):
         report |= {"algorithm": self.algorithm, "vocab_size": tok.get_vocab_size(), "eot_id": tok.token_to_id(EOT)}
         atomic_write_json(out / "report.json", report)
         names = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "report.json"]
-        records = [
-            {"name": n, "rows": 0, "bytes": (out / n).stat().st_size, "sha256": sha256_file(out / n)} for n in names
-        ]
+        records = [file_record(out / n) for n in names]
         return TaskResult(
             files=records,
             steps=[stats.to_dict()],

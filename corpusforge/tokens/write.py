@@ -42,10 +42,10 @@ from corpusforge.document import Document
 from corpusforge.errors import ConfigError, FatalError
 from corpusforge.stats import StepStats
 from corpusforge.storage import (
-    TMP_SUFFIX,
     atomic_write_json,
-    fsync_dir,
-    sha256_file,
+    commit_temp,
+    file_record,
+    temp_path,
 )
 from corpusforge.tokens.encode import FastBpeEncoder, encode_texts
 from corpusforge.tokens.tokenizer import EOT
@@ -129,8 +129,7 @@ class _SplitWriter:
             return
         if self._writer is None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self._path().with_name(self._path().name + TMP_SUFFIX)
-            self._sink = pa.OSFile(str(tmp), "wb")
+            self._sink = pa.OSFile(str(temp_path(self._path())), "wb")
             self._writer = ipc.new_stream(self._sink, self.schema)
         # Zero-copy: the numpy buffers become the Arrow list column's offsets and values as they are.
         arr = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32, copy=False)), pa.array(values))
@@ -155,25 +154,14 @@ class _SplitWriter:
         if self._writer is None:
             return
         final = self._path()
-        tmp = final.with_name(final.name + TMP_SUFFIX)
         try:
             self._writer.close()
-            self._sink.flush()
-            os.fsync(self._sink.fileno())
             self._sink.close()
-            os.replace(tmp, final)
-            fsync_dir(self.folder)
         except OSError as exc:
             raise FatalError(f"cannot finish token shard {final}: {exc}. Check free space.") from exc
-        self.files.append(
-            {
-                "name": f"{self.folder.name}/{final.name}",
-                "rows": self._file_rows,
-                "bytes": final.stat().st_size,
-                "sha256": sha256_file(final),
-                "tokens": self._file_tokens,
-            }
-        )
+        commit_temp(temp_path(final), final)
+        name = f"{self.folder.name}/{final.name}"
+        self.files.append(file_record(final, name=name, rows=self._file_rows, tokens=self._file_tokens))
         self._writer = None
         self._file_tokens = self._file_rows = 0
 
@@ -188,7 +176,7 @@ class _SplitWriter:
                 self._sink.close()
             except Exception:  # noqa: BLE001 - best effort on an already failing path
                 pass
-            self._path().with_name(self._path().name + TMP_SUFFIX).unlink(missing_ok=True)
+            temp_path(self._path()).unlink(missing_ok=True)
             self._writer = None
         for f in self.files:
             (self.folder.parent / f["name"]).unlink(missing_ok=True)
