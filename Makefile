@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PIP_EXTRA ?=
 
-.PHONY: demo test lint bench-quick clean
+.PHONY: demo test test-fast lint bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,13 @@ demo: $(VENV)/.demo
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
 
+# Everything but the tests marked slow (browser, kill -9, DDP, the demo): a lane under 2 minutes.
+test-fast: $(VENV)/.dev
+	$(BIN)/python -m pytest -q -m "not slow"
+
 lint: $(VENV)/.dev
 	$(BIN)/ruff check corpusforge tests benchmarks
+	$(BIN)/ruff format --check corpusforge tests benchmarks
 	$(BIN)/mypy corpusforge
 
 bench-quick: $(VENV)/.dev

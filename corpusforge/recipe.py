@@ -4,7 +4,8 @@ A recipe is ``name``, ``workdir``, ``workers`` and a list of ``[[stages]]``; eac
 ``kind`` plus keyword arguments validated against that class's constructor (the constructor is the
 schema). Errors name the field path, e.g. ``stages[2].steps[0].min_words: expected int >= 1, got -3``.
 
-Precedence: constructor defaults < recipe < spider file (crawl stage) < ``--set`` on the command line.
+Precedence: constructor defaults < recipe < ``--set`` on the command line. A spider file never overrides a recipe
+value; its politeness can only make a crawl slower (the crawler takes the larger ``min_delay_s``).
 """
 
 from __future__ import annotations

@@ -44,3 +44,16 @@ def test_benchmark_harness_prints_table_and_last_line(capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == "speedup=2 same_ids=true docs=10"
     assert "2.00x" in out[-2]
+
+
+def test_readme_lists_every_command_and_the_code_map_exists():
+    import typer.main
+
+    from corpusforge.cli import app
+
+    commands = {c.name for c in typer.main.get_command(app).commands.values()}  # type: ignore[attr-defined]
+    listed = set(re.findall(r"^\| `corpusforge ([a-z-]+)", README.read_text(), re.M))
+    assert len(commands) == 14 and listed == commands
+    root = README.parent
+    for folder in re.findall(r"^\| `[^|]*\| `(corpusforge/[a-z_/]+)`", README.read_text(), re.M):
+        assert (root / folder).is_dir(), folder

@@ -7,13 +7,17 @@ error types' own (``corpusforge.errors.ExitCode``).
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-from corpusforge.cli import crawl, pipeline, tokens, train  # noqa: F401  (each registers its commands on app)
 from corpusforge.cli.app import app, err
 from corpusforge.errors import ExitCode
 
 __all__ = ["app", "main"]
+
+# Each group registers its commands on ``app`` when imported; this order is the order of --help.
+for _group in ("pipeline", "crawl", "tokens", "train"):
+    importlib.import_module(f"corpusforge.cli.{_group}")
 
 
 def main() -> None:
