@@ -82,5 +82,6 @@ def make_plan(recipe: Recipe) -> list[PlanEntry]:
     return entries
 
 
-def stage_dirs(recipe: Recipe, plan: list[PlanEntry]) -> dict[str, Path]:
+def stage_dirs(plan: list[PlanEntry]) -> dict[str, Path]:
+    """Recipe stage name → its folder, for stages that read more than their input (tokens → tokenizer)."""
     return {e.spec.name: e.home for e in plan}

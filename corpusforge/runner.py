@@ -48,7 +48,7 @@ from corpusforge.executors.local import run_tasks
 from corpusforge.plan import PlanEntry, make_plan, stage_dirs
 from corpusforge.recipe import Recipe
 from corpusforge.stage import STOP, StageContext, TaskResult, marker_path
-from corpusforge.stats import merge_step_lists
+from corpusforge.stats import StepStats, merge_step_lists
 from corpusforge.storage import MANIFEST, atomic_write_bytes, atomic_write_json, clean_temp_files, write_manifest
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class Runner:
         self.workers = workers or recipe.workers
         self.reporter = reporter or LogReporter()
         self.plan = make_plan(recipe)
-        self.dirs = stage_dirs(recipe, self.plan)
+        self.dirs = stage_dirs(self.plan)
         self.fault = os.environ.get("CORPUSFORGE_FAULT") or None
 
     # -- checks before anything runs
@@ -237,7 +237,7 @@ class Runner:
         files = [f for r in results for f in r["files"]]
         steps = merge_step_lists([r["steps"] for r in results])
         for s in steps:
-            if s["input"] != s["output"] + sum(s["dropped"].values()):
+            if not StepStats.from_dict(s).balanced():
                 log.warning(
                     "stage %s step %s: input %d != output %d + dropped %d",
                     e.name,

@@ -83,8 +83,6 @@ class Stage:
     # A keyword-only dataclass the recipe validates this stage's table against, when the parameters are a
     # config of their own (``TrainConfig``, ``CrawlSettings``); None: the constructor is the schema.
     schema: ClassVar[type | None] = None
-    # True when the stage's files are document shards that a later stage can read.
-    produces_documents: ClassVar[bool] = True
 
     name: str = ""
     input: str | None = None
@@ -122,10 +120,6 @@ class Stage:
 
     def finalize(self, ctx: StageContext, results: list[TaskResult]) -> dict[str, Any]:
         """Extra fields for the manifest; runs once after all tasks are complete."""
-        return {}
-
-    def summary(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Figures for the end-of-run table."""
         return {}
 
 

@@ -12,6 +12,8 @@ from tests.conftest import cli_env
 
 pytest.importorskip("torch")
 
+pytestmark = pytest.mark.slow  # the whole path end to end (~40 s)
+
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):

@@ -134,6 +134,7 @@ def test_lock_refuses_a_second_run(tmp_path):
             run_recipe(validate_recipe(_raw(wd)))
 
 
+@pytest.mark.slow
 def test_cli_second_concurrent_run_exits_locked(tmp_path):
     recipe = _recipe(tmp_path, docs=60, sleep=0.05)  # ~2 s per task
     first = subprocess.Popen(
@@ -174,6 +175,7 @@ def test_cli_bad_recipe_exits_bad_config_with_field_path(tmp_path):
     assert out.returncode == DONE, out.stderr
 
 
+@pytest.mark.slow
 def test_sigkill_midway_then_rerun_gives_the_uninterrupted_manifest(tmp_path):
     recipe = _recipe(tmp_path, docs=300)
     straight = _cli("run", str(recipe), "--workdir", "straight", cwd=tmp_path)
@@ -191,6 +193,7 @@ def test_sigkill_midway_then_rerun_gives_the_uninterrupted_manifest(tmp_path):
     assert not list((tmp_path / "killed").rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_whole_run_then_rerun(tmp_path):
     recipe = _recipe(tmp_path, docs=90, sleep=0.02)
     proc = subprocess.Popen(
@@ -216,6 +219,7 @@ def test_sigkill_of_the_whole_run_then_rerun(tmp_path):
         assert _hashes(tmp_path / "w", stage) == _hashes(tmp_path / "ref", stage)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_with_partial_and_the_next_run_continues(tmp_path):
     recipe = _recipe(tmp_path, docs=150, sleep=0.02)
     proc = subprocess.Popen(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, ClassVar
 
 from corpusforge.params import Min
 from corpusforge.stage import Stage, StageContext, TaskResult
@@ -58,6 +58,3 @@ class ExactDedupStage(Stage):
                 else:
                     stats.drop("exact_duplicate")
         return TaskResult(files=w.files, steps=[stats.to_dict()], extra={"distinct_texts": len(best)})
-
-    def summary(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        return {"kept": manifest.get("rows", 0)}

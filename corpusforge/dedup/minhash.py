@@ -121,8 +121,6 @@ def candidate_pairs(bands: np.ndarray, node: np.ndarray, usable: np.ndarray) -> 
 
 
 class _Sub(Stage):
-    produces_documents: ClassVar[bool] = False
-
     def __init__(self, p: _Params) -> None:
         self.p = p
 
@@ -278,7 +276,6 @@ class ClustersStage(_Sub):
 
 class ApplyStage(_Sub):
     subdir = ""
-    produces_documents: ClassVar[bool] = True
 
     def __init__(self, p: _Params, index: str | None, max_shard_bytes: int) -> None:
         super().__init__(p)

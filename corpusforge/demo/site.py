@@ -141,13 +141,3 @@ def build_site(seed: int = 0) -> dict[str, Page]:
     pages["/lib/"] = Page(_wrap("Library", index, sidebar))
     pages["/robots.txt"] = Page(ROBOTS_TXT.encode(), content_type="text/plain")
     return pages
-
-
-def expected_counts() -> dict[str, int]:
-    """What a correct pipeline sees on this site (used by tests)."""
-    return {
-        "modules": len(MODULES),
-        "exact_duplicates": len(MIRRORED),
-        "near_duplicates": len(ARCHIVED),
-        "robots_disallowed": 1,
-    }

@@ -43,7 +43,6 @@ class TokenizerStage(Stage):
     """
 
     kind: ClassVar[str] = "tokenizer"
-    produces_documents: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -175,7 +174,6 @@ class TokensStage(Stage):
     """
 
     kind: ClassVar[str] = "tokens"
-    produces_documents: ClassVar[bool] = False
 
     def __init__(
         self,
