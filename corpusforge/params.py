@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import tomllib
 import types
 import typing
@@ -103,6 +104,10 @@ def check_value(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"expected a number, got {type(value).__name__} {value!r}", path=path)
+        # TOML has nan and inf literals; neither is a usable delay, rate or bound (nan compares false with
+        # every bound, inf waits forever), so both are refused before anything starts.
+        if not math.isfinite(value):
+            raise ConfigError(f"expected a finite number, got {value!r}", path=path)
         return float(value)
     if tp is str:
         if not isinstance(value, str):

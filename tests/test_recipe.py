@@ -101,3 +101,23 @@ def test_a_registered_function_is_a_step_with_keyword_parameters(tmp_path):
     raw["stages"][1]["steps"] = [{"type": "test_every_nth", "n": 0}]
     with pytest.raises(ConfigError, match=r"steps\[0\]\.n: must be >= 1"):
         validate_recipe(raw)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_infinity_are_refused_with_the_field_path(bad):
+    raw = _raw()
+    raw["stages"][0]["sleep_s"] = bad
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.sleep_s: expected a finite number"):
+        validate_recipe(raw)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_nan_and_infinity_from_the_command_line_are_refused(tmp_path, text):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "t"\n[[stages]]\nkind = "test_source"\n')
+    with pytest.raises(ConfigError, match="sleep_s: expected a finite number"):
+        load_recipe(recipe, [f"test_source.sleep_s={text}"])
+    with pytest.raises(ConfigError, match="min_delay_s: expected a finite number"):
+        validate_recipe(
+            {"name": "c", "stages": [{"kind": "crawl", "spider": "spiders/demo.toml", "min_delay_s": float(text)}]}
+        )
