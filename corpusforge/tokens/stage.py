@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -93,18 +94,22 @@ class TokenizerStage(Stage):
     def run_task(self, ctx: StageContext, rank: int) -> TaskResult:
         files = ctx.input_files()
         stats = StepStats("tokenizer_sample")
+        sample = self._sample(files, stats)
+        first = next(sample, None)
+        # Checked before training: BPE on nothing is the bare byte alphabet (useless downstream) and Unigram
+        # on nothing fails inside the trainer; both get this message instead.
+        if first is None:
+            raise TaskError(
+                f"no text to train the tokenizer on: its input {ctx.in_dir} holds 0 documents; the earlier stages' "
+                "'dropped (why)' counts say which filter removed them"
+            )
         tok = train_tokenizer(
-            self._sample(files, stats),
+            itertools.chain([first], sample),
             algorithm=self.algorithm,
             vocab_size=self.vocab_size,
             special_tokens=self.special_tokens,
             min_frequency=self.min_frequency,
         )
-        if stats.output == 0:  # a tokenizer of nothing but the byte alphabet would be useless downstream
-            raise TaskError(
-                f"no text to train the tokenizer on: its input {ctx.in_dir} holds 0 documents; the earlier stages' "
-                "'dropped (why)' counts say which filter removed them"
-            )
         out = ctx.out_dir
         path = out / "tokenizer.json"
         atomic_write_bytes(path, tok.to_str(pretty=True).encode("utf-8"))

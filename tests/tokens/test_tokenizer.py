@@ -123,3 +123,23 @@ def test_report_beside_a_reference_tokenizer(tmp_path):
 def test_stage_rejects_a_missing_reference(tmp_path):
     with pytest.raises(ConfigError, match="reference"):
         _stage_run(tmp_path, "tok", vocab_size=300, reference=str(tmp_path / "nope.json"))
+
+
+@pytest.mark.parametrize("algorithm", ["bpe", "unigram", "char"])
+def test_no_documents_gives_the_same_clear_message_for_every_algorithm(tmp_path, algorithm):
+    from corpusforge.errors import FAILED
+    from corpusforge.recipe import validate_recipe
+    from corpusforge.runner import run_recipe
+
+    raw = {
+        "name": "empty",
+        "workdir": str(tmp_path / "w"),
+        "stages": [
+            {"kind": "test_source", "docs": 0},
+            {"kind": "tokenizer", "algorithm": algorithm, "vocab_size": 300},
+        ],
+    }
+    res = run_recipe(validate_recipe(raw))
+    assert res.status == FAILED
+    assert "no text to train the tokenizer on" in res.message and "0 documents" in res.message
+    assert "TypeError" not in res.message and "vocabulary is not large enough" not in res.message
