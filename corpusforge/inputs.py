@@ -144,8 +144,13 @@ class ReadJsonlStage(_LocalStage):
                     stats.drop("missing_text" if value is None else "wrong_type")
                     continue
                 rid = rec.get(self.id_field)
-                url = rec.get(self.url_field) if isinstance(rec.get(self.url_field), str) else None
+                url = rec.get(self.url_field)
                 meta = {k: v for k, v in rec.items() if k not in (field, self.id_field, self.url_field)}
+                if url is not None and not isinstance(url, str):
+                    # Kept, not guessed at: the raw value stays in the metadata and the case is counted.
+                    stats.counters["url_not_a_string"] += 1
+                    meta["url_raw"] = url
+                    url = None
                 doc = Document(
                     id=str(rid) if rid is not None else stable_id(f"{file.name}:{line_no}"),
                     url=url,

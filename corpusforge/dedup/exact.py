@@ -14,6 +14,8 @@ import re
 import unicodedata
 from typing import Annotated, ClassVar
 
+import xxhash
+
 from corpusforge.params import Min
 from corpusforge.stage import Stage, StageContext, TaskResult
 from corpusforge.stats import StepStats
@@ -23,8 +25,6 @@ _WS = re.compile(r"\s+")
 
 
 def text_key(text: str) -> bytes:
-    import xxhash
-
     norm = _WS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
     return xxhash.xxh3_128_digest(norm.encode("utf-8"))
 
@@ -41,13 +41,21 @@ class ExactDedupStage(Stage):
     def run_task(self, ctx: StageContext, rank: int) -> TaskResult:
         files = ctx.input_files()
         best: dict[bytes, tuple[str, int]] = {}  # hash → (id, position) of the representative
+        # 64-bit hash of an id → 64-bit prefix of its text's hash: an id seen again with another text is
+        # counted (both documents are kept: they are different texts), not silently merged or dropped.
+        text_of_id: dict[int, bytes] = {}
+        duplicate_ids = 0
         for pos, doc in enumerate(iter_documents(files, columns=["id", "text"])):
             k = text_key(doc.text)
+            id_key = xxhash.xxh3_64_intdigest(doc.id.encode("utf-8"))
+            if text_of_id.setdefault(id_key, k[:8]) != k[:8]:
+                duplicate_ids += 1
             cur = best.get(k)
             if cur is None or doc.id < cur[0]:
                 best[k] = (doc.id, pos)
         keep = {pos for _, pos in best.values()}
         stats = StepStats("exact_dedup")
+        stats.counters["duplicate_id_different_text"] = duplicate_ids
         with ShardWriter(ctx.out_dir, f"{rank:05d}", max_bytes=self.max_shard_bytes) as w:
             for pos, doc in enumerate(iter_documents(files)):
                 stats.input += 1

@@ -81,3 +81,32 @@ def test_duplicate_ids_and_empty_docs_keep_counts_balanced(tmp_path):
         for s in o.steps:
             assert s["input"] == s["output"] + sum(s["dropped"].values())
     assert kept == ["e1", "same"]
+
+
+def test_duplicate_ids_with_other_texts_and_non_string_urls_are_counted_and_kept(tmp_path):
+    import json
+
+    words = [f"w{i}" for i in range(400)]
+    t1, t2 = " ".join(words[:200]), " ".join(words[200:])
+    lines = [
+        {"id": "a", "text": t1, "url": 123},
+        {"id": "a", "text": t2, "url": "http://127.0.0.1/a2"},
+        {"id": "b", "text": t1.upper()},  # an exact duplicate of the first (case differs)
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    raw = {
+        "name": "ids",
+        "workdir": str(tmp_path / "w"),
+        "stages": [{"kind": "read_jsonl", "name": "input", "path": str(src)}, {"kind": "exact_dedup", "name": "dedup"}],
+    }
+    res = run_recipe(validate_recipe(raw))
+    assert res.status == DONE, res.message
+    read, dedup = res.stages[0].steps[0], res.stages[1].steps[0]
+    assert read["output"] == 3 and read["counters"]["url_not_a_string"] == 1
+    assert dedup["counters"]["duplicate_id_different_text"] == 1
+    assert dedup["dropped"] == {"exact_duplicate": 1}
+    kept = list(iter_documents(manifest_paths(tmp_path / "w" / "dedup")))
+    assert sorted((d.id, d.text[:3]) for d in kept) == [("a", "w0 "), ("a", "w20")]
+    first = next(d for d in kept if d.text.startswith("w0 "))
+    assert first.url is None and first.metadata["url_raw"] == 123
