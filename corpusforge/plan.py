@@ -62,8 +62,9 @@ def make_plan(recipe: Recipe) -> list[PlanEntry]:
             sub.name, sub.input = spec.name, spec.input
             out_dir = home / sub.subdir if sub.subdir else home
             name = f"{spec.name}.{sub.subdir}" if sub.subdir else spec.name
+            params = {k: v for k, v in spec.params.items() if k not in sub.runtime_params}
             h = _hash(
-                {"kind": spec.kind, "params": spec.params, "sub": sub.subdir, "input": in_hash, "config": sub.config()}
+                {"kind": spec.kind, "params": params, "sub": sub.subdir, "input": in_hash, "config": sub.config()}
             )
             entries.append(
                 PlanEntry(

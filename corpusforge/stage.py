@@ -83,6 +83,9 @@ class Stage:
     # A keyword-only dataclass the recipe validates this stage's table against, when the parameters are a
     # config of their own (``TrainConfig``, ``CrawlSettings``); None: the constructor is the schema.
     schema: ClassVar[type | None] = None
+    # Parameters that change how a stage checks or reports, never what it writes (``verify_data``): left out
+    # of the config hash, so toggling one does not make an existing folder "a different config".
+    runtime_params: ClassVar[frozenset[str]] = frozenset()
 
     name: str = ""
     input: str | None = None

@@ -27,7 +27,7 @@ def train(
     from corpusforge.params import parse_value, validate_kwargs
     from corpusforge.runner import stop_on_signals
     from corpusforge.stage import STOP
-    from corpusforge.train.stage import TrainStage
+    from corpusforge.train.config import TrainConfig  # torch-free: --set is checked before torch loads
 
     def go() -> int:
         require("torch", "train")
@@ -43,10 +43,9 @@ def train(
             params[k.strip()] = parse_value(v)
         if max_iters is not None:
             params["max_iters"] = max_iters
-        params = validate_kwargs(TrainStage, params, "")
+        params = validate_kwargs(TrainConfig, params, "")
         if not (tokens / "manifest.json").is_file():
             raise ConfigError(f"{tokens} has no manifest.json: point it at a finished tokens stage", path="TOKENS")
-        from corpusforge.train.train import TrainConfig
         from corpusforge.train.train import train as run_train
 
         with stop_on_signals():

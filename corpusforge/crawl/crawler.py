@@ -5,6 +5,10 @@ delay → fetch (through the backend: byte cap + deadline) → redirects (each h
 (Retry-After on 429/503, exponential backoff, a retry budget) → content type → charset → opt-outs
 (``X-Robots-Tag`` / meta robots ``noai``, ``noindex``) → store → links.
 
+A discovered URL is admitted (scheme, offsite, traps) before it is queued; a queued one then goes through
+the phases of ``Crawler._process``: host gate (robots, Crawl-delay, slot) → fetch with redirects (each hop
+gated again) → response (status, sitemap, content type, opt-outs, unchanged) → HTML (render, links, store).
+
 Per-host concurrency is 1: the loop fetches one page at a time and waits for each host's next slot.
 """
 
@@ -24,6 +28,7 @@ from corpusforge.crawl.frontier import Frontier, PageRecord
 from corpusforge.crawl.html import charset_of, decode_html, optouts, sitemap_locs, visible_text_chars
 from corpusforge.crawl.page import FetchRequest, FetchResponse
 from corpusforge.crawl.robots import RobotsCache
+from corpusforge.crawl.settings import CrawlSettings
 from corpusforge.crawl.spider import SavedPage, Spider
 from corpusforge.crawl.urls import canonicalize, domain_allowed, host_key, scheme_ok, trap_reason
 from corpusforge.document import Document, stable_id, utc_now_iso
@@ -39,27 +44,7 @@ KEPT_HEADERS = ("content-type", "content-language", "last-modified", "etag", "x-
 # Transient failures: retried with exponential backoff until the retry budget is spent.
 RETRYABLE_ERRORS = ("timeout", "data_loss", "connection_error", "browser_crashed")
 RETRYABLE_STATUS = (429, 500, 502, 503, 504)
-
-
-@dataclass
-class CrawlSettings:
-    user_agent: str
-    agent_token: str
-    min_delay_s: float
-    max_crawl_delay_s: float
-    max_bytes: int
-    timeout_s: float
-    max_redirects: int
-    max_retries: int
-    backoff_s: float
-    max_retry_after_s: float
-    max_url_length: int
-    max_repeated_segments: int
-    segment_pages: int
-    max_pages: int | None
-    honour_noai: bool = True
-    min_text_chars: int = 200  # "auto": a page with less visible text than this is rendered in the browser
-    previous: Path | None = None  # an earlier crawl's folder: conditional requests, store only what changed
+REDIRECT_STATUS = (301, 302, 303, 307, 308)
 
 
 @dataclass
@@ -70,11 +55,33 @@ class _Item:
 
 
 @dataclass
+class _Fetched:
+    """A URL's final response, after its redirects, and what the later phases need with it."""
+
+    url: str  # the final URL (canonical; the item's own URL when there was no redirect)
+    host: str  # host_key(url)
+    delay: float  # seconds between request starts to host
+    resp: FetchResponse
+    previous: PageRecord | None  # the earlier crawl's record of url (None after a redirect)
+
+
+@dataclass
 class CrawlOutcome:
     partial: bool
     files: list[dict[str, Any]]
     stats: StepStats
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _previous_pages(folder: str | None) -> dict[str, PageRecord]:
+    """What an earlier crawl (its folder) stored, by URL: the validators and links a re-crawl needs."""
+    if folder is None:
+        return {}
+    old = Frontier(Path(folder) / "state", readonly=True)
+    try:
+        return old.pages()
+    finally:
+        old.close()
 
 
 def _retry_after_s(value: str | None) -> float | None:
@@ -90,31 +97,15 @@ def _retry_after_s(value: str | None) -> float | None:
 
 
 class Crawler:
-    def __init__(
-        self,
-        spider: Spider,
-        backend: Any,
-        settings: CrawlSettings,
-        ctx: StageContext,
-        *,
-        seeds: list[str] | None = None,
-        backend_name: str = "",
-    ) -> None:
+    def __init__(self, spider: Spider, backend: Any, settings: CrawlSettings, ctx: StageContext) -> None:
         self.spider = spider
         self.backend = backend
         self.s = settings
         self.ctx = ctx
-        self.seeds = seeds or spider.seeds
-        self.backend_name = backend_name or getattr(backend, "name", "?")
+        self.seeds = settings.seeds or spider.seeds
         self.frontier = Frontier(ctx.out_dir / "state")
         self.parser = getattr(backend, "parser", "lxml")
-        self.previous: dict[str, PageRecord] = {}
-        if settings.previous is not None:
-            old = Frontier(settings.previous / "state", readonly=True)
-            try:
-                self.previous = old.pages()
-            finally:
-                old.close()
+        self.previous = _previous_pages(settings.previous)
         self.robots = RobotsCache(
             backend,
             agent_token=settings.agent_token,
@@ -145,8 +136,7 @@ class Crawler:
                 p.unlink()
         self.segment_no = len(recorded)
         self.stored_committed = self.frontier.counters("count")["stored"]
-        for (url,) in self.frontier.db.execute("SELECT url FROM urls"):
-            self.seen.add(url)
+        self.seen.update(self.frontier.urls())
         for url, depth in self.frontier.queued(10**9):
             self.queue.append(_Item(url, depth))
 
@@ -287,131 +277,180 @@ class Crawler:
             return True
         return False
 
+    # ------------------------------------------------------------------ one URL, phase by phase
+    # Each phase either hands the item on or ends it: dropped (with its reason), requeued (a retry, or a stop
+    # requested while waiting for a host slot) or recorded unchanged. A phase that ends it returns None.
     def _process(self, item: _Item) -> None:
+        fetched = self._fetch_with_redirects(item)
+        if fetched is not None:
+            self._on_response(item, fetched)
+
+    def _host_gate(self, item: _Item, url: str, host: str) -> float | None:
+        """Wait for ``host``'s slot if ``url`` may be fetched; the host's delay in seconds, or None."""
+        if host in self.host_skip:
+            self._drop(item.url, self.host_skip[host])
+            return None
+        rules = self.robots.rules(host)
+        if not rules.allowed(url, self.s.agent_token):
+            self._drop(item.url, "robots_disallowed" if rules.status == "ok" else "robots_unavailable")
+            self._count("robots_skips")
+            return None
+        delay = self._host_delay(host)
+        if delay is None:
+            self.host_skip[host] = "crawl_delay_too_long"
+            log.warning(
+                "%s asks for a Crawl-delay above the cap of %.0f s: host skipped", host, self.s.max_crawl_delay_s
+            )
+            self._count("hosts_skipped")
+            self._drop(item.url, "crawl_delay_too_long")
+            return None
+        if not self._wait_for(host):
+            self.queue.appendleft(item)  # stop requested: still queued in the frontier
+            return None
+        return delay
+
+    def _fetch_with_redirects(self, item: _Item) -> _Fetched | None:
+        """Fetch the item's URL and follow its redirects, each hop gated like a URL of its own."""
         url = item.url
-        hops = 0
         chain = {url}  # URLs of this redirect chain, to tell a loop from a long chain
+        hops = 0
         while True:
             host = host_key(url)
-            if host in self.host_skip:
-                self._drop(item.url, self.host_skip[host])
-                return
-            rules = self.robots.rules(host)
-            if not rules.allowed(url, self.s.agent_token):
-                self._drop(item.url, "robots_disallowed" if rules.status == "ok" else "robots_unavailable")
-                self._count("robots_skips")
-                return
-            delay = self._host_delay(host)
+            delay = self._host_gate(item, url, host)
             if delay is None:
-                self.host_skip[host] = "crawl_delay_too_long"
-                log.warning(
-                    "%s asks for a Crawl-delay above the cap of %.0f s: host skipped", host, self.s.max_crawl_delay_s
-                )
-                self._count("hosts_skipped")
-                self._drop(item.url, "crawl_delay_too_long")
-                return
-            if not self._wait_for(host):
-                self.queue.appendleft(item)  # stop requested: still queued in the frontier
-                return
+                return None
+            # Conditional request only for the URL the earlier crawl stored, not for a redirect target.
             previous = self.previous.get(url) if hops == 0 else None
             resp = self._fetch(url, host, delay, previous)
-            if resp.error in RETRYABLE_ERRORS or resp.status in RETRYABLE_STATUS:
-                self._retry_or_drop(item, host, delay, resp)
-                return
-            if resp.error:
-                self._drop(item.url, resp.error)
-                return
-            if resp.status == 304 and previous is not None:
-                self._unchanged(item, previous, "not_modified")
-                return
-            if resp.status in (301, 302, 303, 307, 308):
-                location = resp.headers.get("location")
-                hops += 1
-                if not location or hops > self.s.max_redirects:
-                    self._drop(item.url, "too_many_redirects" if location else "redirect_without_location")
-                    return
-                target = urljoin(url, location)
-                if not scheme_ok(target):
-                    self._drop(item.url, "scheme_refused")
-                    return
-                target = canonicalize(target)
-                if target in chain:
-                    self._drop(item.url, "redirect_loop")
-                    return
-                chain.add(target)
-                if not domain_allowed(target, self.spider.allowed_domains):
-                    self._drop(item.url, "offsite_redirect")
-                    return
-                if target in self.seen:
-                    self._drop(item.url, "redirect_to_seen")
-                    return
-                self.seen.add(target)
-                self.pending_done.append((target, "redirect_target"))
-                url = target
-                continue
-            if resp.status != 200:
-                self._drop(item.url, f"http_{resp.status}")
-                return
-            ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-            if ctype in XML_TYPES or item.url in self.spider.sitemaps:
-                locs = sitemap_locs(resp.body)
-                if locs is not None:
-                    # A sitemap is read, not stored: its entries are queued like links (one level deeper).
-                    self._drop(item.url, "sitemap_read")
-                    self._count("sitemap_urls", len(locs))
-                    for loc in locs:
-                        self._admit(loc, item.depth + 1)
-                    return
-            if ctype and ctype not in HTML_TYPES:
-                self._drop(item.url, "content_type")
-                return
-            html = decode_html(resp.body, resp.headers.get("content-type", ""))
-            flags = optouts(resp.headers, html)
-            if self.s.honour_noai and ("noai" in flags or "noindex" in flags):
-                self._drop(item.url, "optout_noai" if "noai" in flags else "optout_noindex")
-                return
-            digest = hashlib.sha1(resp.body).hexdigest()
-            if previous is not None and previous.sha1 == digest:
-                self._unchanged(item, previous, "unchanged")
-                return
-            rendered = False
-            if self._needs_render(html):
-                # The render is a second request to the same host: wait for its slot like any other.
-                if not self._wait_for(host):
-                    self.queue.appendleft(item)
-                    return
-                self.host_next[host] = time.monotonic() + delay
-                r = self.backend.render(self._request(url))
-                # We cannot see when Chromium's request reached the host (it may leave well after driver.get),
-                # so the next slot counts from the end of the render: the host never sees a shorter gap.
-                self.host_next[host] = max(self.host_next[host], time.monotonic() + delay)
-                self._count("renders")
-                if r.error:
-                    if r.error in RETRYABLE_ERRORS:
-                        self._retry_or_drop(item, host, delay, r, prefix="render_")
-                    else:
-                        self._drop(item.url, "render_" + r.error)
-                    return
-                final = canonicalize(r.final_url) if scheme_ok(r.final_url) else r.final_url
-                if final != url and (not scheme_ok(final) or not domain_allowed(final, self.spider.allowed_domains)):
-                    self._drop(item.url, "offsite_redirect")  # the page's scripts navigated away
-                    return
-                html = r.rendered_html or ""
-                rendered = True
-                flags = sorted(set(flags) | set(optouts({}, html)))
-                if self.s.honour_noai and ("noai" in flags or "noindex" in flags):
-                    self._drop(item.url, "optout_noai" if "noai" in flags else "optout_noindex")
-                    return
-            links: list[str] = []
-            if item.depth < self.spider.max_depth + 1:
-                links = self.spider.parse(SavedPage(url=url, html=html, parser=self.parser))
-            self._store(item, url, resp, html, flags, rendered=rendered)
-            self.pending_pages.append(
-                (item.url, resp.headers.get("etag"), resp.headers.get("last-modified"), digest, links)
-            )
-            for link in links:
-                self._admit(link, item.depth + 1)
+            # An error wins over a redirect status: the response phase handles it.
+            if resp.error or resp.status not in REDIRECT_STATUS:
+                return _Fetched(url, host, delay, resp, previous)
+            hops += 1
+            target = self._redirect_target(item, url, resp, chain, hops)
+            if target is None:
+                return None
+            url = target
+
+    def _redirect_target(self, item: _Item, url: str, resp: FetchResponse, chain: set[str], hops: int) -> str | None:
+        """The canonical URL a redirect hop leads to, once checked; None when the hop is refused."""
+        location = resp.headers.get("location")
+        if not location or hops > self.s.max_redirects:
+            self._drop(item.url, "too_many_redirects" if location else "redirect_without_location")
+            return None
+        target = urljoin(url, location)
+        if not scheme_ok(target):
+            self._drop(item.url, "scheme_refused")
+            return None
+        target = canonicalize(target)
+        if target in chain:
+            self._drop(item.url, "redirect_loop")
+            return None
+        chain.add(target)
+        if not domain_allowed(target, self.spider.allowed_domains):
+            self._drop(item.url, "offsite_redirect")
+            return None
+        if target in self.seen:
+            self._drop(item.url, "redirect_to_seen")
+            return None
+        self.seen.add(target)
+        self.pending_done.append((target, "redirect_target"))
+        return target
+
+    def _on_response(self, item: _Item, f: _Fetched) -> None:
+        """The final response: retry, drop, read as a sitemap, or hand its HTML on."""
+        resp = f.resp
+        if resp.error in RETRYABLE_ERRORS or resp.status in RETRYABLE_STATUS:
+            self._retry_or_drop(item, f.host, f.delay, resp)
             return
+        if resp.error:
+            self._drop(item.url, resp.error)
+            return
+        if resp.status == 304 and f.previous is not None:
+            self._unchanged(item, f.previous, "not_modified")
+            return
+        if resp.status != 200:
+            self._drop(item.url, f"http_{resp.status}")
+            return
+        ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+        if (ctype in XML_TYPES or item.url in self.spider.sitemaps) and self._read_sitemap(item, resp.body):
+            return
+        if ctype and ctype not in HTML_TYPES:
+            self._drop(item.url, "content_type")
+            return
+        html = decode_html(resp.body, resp.headers.get("content-type", ""))
+        flags = optouts(resp.headers, html)
+        if self._opted_out(item, flags):
+            return
+        digest = hashlib.sha1(resp.body).hexdigest()
+        if f.previous is not None and f.previous.sha1 == digest:
+            self._unchanged(item, f.previous, "unchanged")
+            return
+        self._on_html(item, f, html, flags, digest)
+
+    def _read_sitemap(self, item: _Item, body: bytes) -> bool:
+        """Queue a sitemap's entries; False when the body is not a sitemap after all."""
+        locs = sitemap_locs(body)
+        if locs is None:
+            return False
+        # A sitemap is read, not stored: its entries are queued like links (one level deeper).
+        self._drop(item.url, "sitemap_read")
+        self._count("sitemap_urls", len(locs))
+        for loc in locs:
+            self._admit(loc, item.depth + 1)
+        return True
+
+    def _opted_out(self, item: _Item, flags: list[str]) -> bool:
+        """Drop a page whose robots header or meta tag says ``noai`` or ``noindex`` (when honoured)."""
+        if not self.s.honour_noai or not ("noai" in flags or "noindex" in flags):
+            return False
+        self._drop(item.url, "optout_noai" if "noai" in flags else "optout_noindex")
+        return True
+
+    def _on_html(self, item: _Item, f: _Fetched, html: str, flags: list[str], digest: str) -> None:
+        """Render the page if the backend asks to, then store it and queue its links."""
+        rendered = False
+        if self._needs_render(html):
+            got = self._render(item, f, flags)
+            if got is None:
+                return
+            html, flags = got
+            rendered = True
+        links: list[str] = []
+        if item.depth < self.spider.max_depth + 1:
+            links = self.spider.parse(SavedPage(url=f.url, html=html, parser=self.parser))
+        self._store(item, f.url, f.resp, html, flags, rendered=rendered)
+        etag, last_modified = f.resp.headers.get("etag"), f.resp.headers.get("last-modified")
+        self.pending_pages.append((item.url, etag, last_modified, digest, links))
+        for link in links:
+            self._admit(link, item.depth + 1)
+
+    def _render(self, item: _Item, f: _Fetched, flags: list[str]) -> tuple[str, list[str]] | None:
+        """The page's HTML after its scripts ran, and its opt-outs with the rendered page's added."""
+        # The render is a second request to the same host: wait for its slot like any other.
+        if not self._wait_for(f.host):
+            self.queue.appendleft(item)
+            return None
+        self.host_next[f.host] = time.monotonic() + f.delay
+        r = self.backend.render(self._request(f.url))
+        # We cannot see when Chromium's request reached the host (it may leave well after driver.get),
+        # so the next slot counts from the end of the render: the host never sees a shorter gap.
+        self.host_next[f.host] = max(self.host_next[f.host], time.monotonic() + f.delay)
+        self._count("renders")
+        if r.error:
+            if r.error in RETRYABLE_ERRORS:
+                self._retry_or_drop(item, f.host, f.delay, r, prefix="render_")
+            else:
+                self._drop(item.url, "render_" + r.error)
+            return None
+        final = canonicalize(r.final_url) if scheme_ok(r.final_url) else r.final_url
+        if final != f.url and (not scheme_ok(final) or not domain_allowed(final, self.spider.allowed_domains)):
+            self._drop(item.url, "offsite_redirect")  # the page's scripts navigated away
+            return None
+        html = r.rendered_html or ""
+        flags = sorted(set(flags) | set(optouts({}, html)))
+        if self._opted_out(item, flags):
+            return None
+        return html, flags
 
     def _unchanged(self, item: _Item, previous: PageRecord, reason: str) -> None:
         """A re-crawl found the page as it was: nothing stored, but its links are followed as before."""
@@ -440,7 +479,7 @@ class Crawler:
             final_url=final_url,
             status=resp.status,
             fetched_at=utc_now_iso(),
-            backend=self.backend_name,
+            backend=self.s.backend,  # the registry name, e.g. "requests+lxml"
             robots=";".join(["allowed", *flags]),
             html=html,
             source=self.spider.name,
@@ -503,6 +542,10 @@ class Crawler:
                 self.writer.abort()
             self.frontier.close()
             self.backend.close()
+        return self._outcome(partial, time.time() - t0)
+
+    def _outcome(self, partial: bool, seconds: float) -> CrawlOutcome:
+        """The crawl's totals, read back from the committed frontier (all runs of a resumed crawl)."""
         frontier = Frontier(self.ctx.out_dir / "state")
         try:
             drops, counts, files = frontier.counters("drop"), frontier.counters("count"), frontier.segments()
@@ -523,10 +566,6 @@ class Crawler:
             "escalations": counts["escalations"],
             "renders": counts["renders"],
             "bytes": counts["bytes"],
-            "crawl_seconds": round(time.time() - t0, 2),
+            "crawl_seconds": round(seconds, 2),
         }
         return CrawlOutcome(partial=partial, files=files, stats=stats, extra=extra)
-
-
-def state_dir(out_dir: Path) -> Path:
-    return out_dir / "state"

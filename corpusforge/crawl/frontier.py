@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,8 +66,10 @@ class Frontier:
         rows = self.db.execute("SELECT name, rows, bytes, sha256 FROM segments ORDER BY name").fetchall()
         return [{"name": n, "rows": r, "bytes": b, "sha256": s} for n, r, b, s in rows]
 
-    def seen(self, url: str) -> bool:
-        return self.db.execute("SELECT 1 FROM urls WHERE url = ?", (url,)).fetchone() is not None
+    def urls(self) -> Iterator[str]:
+        """Every URL the crawl has seen: queued, stored or dropped."""
+        for (url,) in self.db.execute("SELECT url FROM urls"):
+            yield url
 
     def queued(self, limit: int = 1000) -> list[tuple[str, int]]:
         return self.db.execute(
@@ -120,11 +122,3 @@ class Frontier:
         except BaseException:
             cur.execute("ROLLBACK")
             raise
-
-    def reset_for_recrawl(self) -> int:
-        """Queue every done page again (a scheduled re-crawl); returns how many."""
-        n = self.db.execute("UPDATE urls SET state = 'queued', reason = NULL WHERE reason IS NULL").rowcount
-        return int(n)
-
-    def dump(self) -> str:
-        return json.dumps({"segments": self.segments(), "queued": len(self.queued(10**9))})

@@ -24,10 +24,3 @@ class FetchResponse:
     error: str | None = None  # a named failure: too_large, timeout, redirect_loop, scheme_refused, ...
     elapsed_s: float = 0.0
     rendered_html: str | None = None  # browser backends return the DOM after scripts ran
-    # time.monotonic() when the request actually went out, when the backend knows it was later than the
-    # call (a browser that had to start first); the host's next slot counts from it.
-    started_s: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None

@@ -125,6 +125,32 @@ _KEYS: dict[str, Any] = {
 }
 
 
+def _check_table(raw: dict[str, Any]) -> float:
+    """Check a spider file's table (paths are its keys); returns its ``politeness.min_delay_s`` in seconds."""
+    for k, v in raw.items():
+        if k not in _KEYS:
+            raise ConfigError(f"unknown key; allowed: {', '.join(_KEYS)}", path=k)
+        check_value(v, _KEYS[k], k)
+    for k in ("name", "seeds"):
+        if k not in raw:
+            raise ConfigError("required key is missing", path=k)
+    pol = raw.get("politeness", {})
+    for k in pol:
+        if k != "min_delay_s":
+            raise ConfigError("unknown key; allowed: min_delay_s", path=f"politeness.{k}")
+    delay = float(check_value(pol.get("min_delay_s", 0.0), float, "politeness.min_delay_s"))
+    if delay < 0:
+        raise ConfigError(f"must be >= 0, got {delay}", path="politeness.min_delay_s")
+    if raw.get("max_depth", 5) < 0:
+        raise ConfigError("must be >= 0", path="max_depth")
+    for i, pat in enumerate(raw.get("include", []) + raw.get("exclude", [])):
+        try:
+            re.compile(pat)
+        except re.error as exc:
+            raise ConfigError(f"bad regular expression {pat!r}: {exc}", path=f"include/exclude[{i}]") from exc
+    return delay
+
+
 def load_spider(ref: str, *, path: str = "spider") -> Spider:
     """Load ``spiders/x.toml`` or ``module:Class``; errors name the file and the field."""
     if ":" in ref and not ref.endswith(".toml") and not Path(ref).exists():
@@ -145,27 +171,7 @@ def load_spider(ref: str, *, path: str = "spider") -> Spider:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"not valid TOML: {exc}", file=str(file)) from exc
     try:
-        for k, v in raw.items():
-            if k not in _KEYS:
-                raise ConfigError(f"unknown key; allowed: {', '.join(_KEYS)}", path=k)
-            check_value(v, _KEYS[k], k)
-        for k in ("name", "seeds"):
-            if k not in raw:
-                raise ConfigError("required key is missing", path=k)
-        pol = raw.get("politeness", {})
-        for k in pol:
-            if k != "min_delay_s":
-                raise ConfigError("unknown key; allowed: min_delay_s", path=f"politeness.{k}")
-        delay = float(check_value(pol.get("min_delay_s", 0.0), float, "politeness.min_delay_s"))
-        if delay < 0:
-            raise ConfigError(f"must be >= 0, got {delay}", path="politeness.min_delay_s")
-        if raw.get("max_depth", 5) < 0:
-            raise ConfigError("must be >= 0", path="max_depth")
-        for i, pat in enumerate(raw.get("include", []) + raw.get("exclude", [])):
-            try:
-                re.compile(pat)
-            except re.error as exc:
-                raise ConfigError(f"bad regular expression {pat!r}: {exc}", path=f"include/exclude[{i}]") from exc
+        delay = _check_table(raw)
     except ConfigError as exc:
         raise ConfigError(str(exc), file=str(file)) from None
     return Spider(

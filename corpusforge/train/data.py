@@ -66,3 +66,14 @@ def data_fingerprint(tokens_dir: Path) -> str:
     manifest = json.loads((Path(tokens_dir) / "manifest.json").read_text())
     blob = json.dumps([(f["name"], f["sha256"]) for f in manifest["files"]], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def bytes_per_token(tokens_dir: Path) -> float | None:
+    """Bytes of original text per token (for bits per byte): the tokenizer's report.json, else the manifest's."""
+    manifest = json.loads((Path(tokens_dir) / "manifest.json").read_text())
+    tok = manifest.get("tokenizer_path")
+    if tok:
+        report = Path(tok).parent / "report.json"
+        if report.is_file():
+            return float(json.loads(report.read_text())["overall"].get("bytes_per_token") or 0) or None
+    return manifest.get("bytes_per_token")

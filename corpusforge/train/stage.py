@@ -2,57 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from dataclasses import fields
+from typing import Any, ClassVar
 
-from corpusforge.params import Max, Min
 from corpusforge.stage import Stage, StageContext, TaskResult
 from corpusforge.storage import sha256_file
+from corpusforge.train.config import TrainConfig
 
 
 class TrainStage(Stage):
-    """GPT training; parameters are those of ``corpusforge.train.train.TrainConfig`` (nanoGPT-style defaults)."""
+    """GPT training; the parameters are the fields of ``TrainConfig`` (nanoGPT-style defaults)."""
 
     kind: ClassVar[str] = "train"
-    produces_documents: ClassVar[bool] = False
+    schema: ClassVar[type | None] = TrainConfig
+    runtime_params: ClassVar[frozenset[str]] = frozenset({"verify_data"})  # checks, not the model
 
-    def __init__(
-        self,
-        *,
-        n_layer: Annotated[int, Min(1), Max(96)] = 4,
-        n_head: Annotated[int, Min(1), Max(128)] = 4,
-        n_embd: Annotated[int, Min(8), Max(16384)] = 128,
-        block_size: Annotated[int, Min(2), Max(32768)] = 64,
-        dropout: Annotated[float, Min(0), Max(0.9)] = 0.0,
-        bias: bool = False,
-        pos_encoding: Literal["learned", "sinusoidal"] = "learned",
-        activation: Literal["gelu", "gelu_tanh"] = "gelu",
-        batch_size: Annotated[int, Min(1)] = 12,
-        grad_accum: Annotated[int, Min(1)] = 1,
-        max_iters: Annotated[int, Min(1)] = 2000,
-        lr: Annotated[float, Min(0)] | None = None,  # None: 0.384 / n_embd, at most 3e-3
-        min_lr: Annotated[float, Min(0)] | None = None,  # None: lr / 10
-        warmup_iters: Annotated[int, Min(0)] = 100,
-        lr_decay_iters: Annotated[int, Min(1)] | None = None,
-        weight_decay: Annotated[float, Min(0)] = 0.1,
-        beta1: Annotated[float, Min(0), Max(1)] = 0.9,
-        beta2: Annotated[float, Min(0), Max(1)] = 0.99,
-        grad_clip: Annotated[float, Min(0)] = 1.0,
-        eval_interval: Annotated[int, Min(1)] = 250,
-        eval_iters: Annotated[int, Min(1)] = 20,
-        log_interval: Annotated[int, Min(1)] = 10,
-        keep_checkpoints: Annotated[int, Min(1)] = 3,
-        sample_tokens: Annotated[int, Min(0)] = 200,
-        seed: int = 1337,
-        device: Literal["auto", "cpu", "cuda"] = "auto",
-        compile: bool = False,
-        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
-        threads: Annotated[int, Min(1)] | None = None,
-        deterministic: bool = False,
-    ) -> None:
-        self._params = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+    def __init__(self, **params: Any) -> None:
+        # As given (validated against TrainConfig by the recipe); TrainConfig fills in lr and min_lr.
+        self._params = dict(params)
 
     def config(self) -> dict[str, Any]:
-        return dict(self._params)
+        """Every field with its given value or default (lr None stays None), except ``runtime_params``."""
+        return {
+            f.name: self._params.get(f.name, f.default)
+            for f in fields(TrainConfig)
+            if f.name not in self.runtime_params
+        }
 
     def parallel(self) -> bool:
         return False
@@ -61,7 +36,7 @@ class TrainStage(Stage):
         """Keep checkpoints: training resumes from the newest good one."""
 
     def run_task(self, ctx: StageContext, rank: int) -> TaskResult:
-        from corpusforge.train.train import TrainConfig, train
+        from corpusforge.train.train import train
 
         assert ctx.in_dir is not None
         cfg = TrainConfig(**self._params)

@@ -18,7 +18,7 @@ from tests.conftest import cli_env
 from tests.crawl.faultserver import FaultServer, html
 from tests.crawl.test_crawl import crawl, needs_browser
 
-pytestmark = [needs_browser, pytest.mark.timeout(120)]
+pytestmark = [needs_browser, pytest.mark.slow, pytest.mark.timeout(120)]
 
 JS_PAGE = (
     200,

@@ -59,8 +59,8 @@ BACKENDS = [
     "requests+lxml",
     "requests+bs4",
     "scrapy",
-    pytest.param("selenium", marks=needs_browser),
-    pytest.param("auto", marks=needs_browser),
+    pytest.param("selenium", marks=[needs_browser, pytest.mark.slow]),
+    pytest.param("auto", marks=[needs_browser, pytest.mark.slow]),
     pytest.param("langchain", marks=needs_langchain),
 ]
 

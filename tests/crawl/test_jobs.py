@@ -60,6 +60,7 @@ def _pages(server: FaultServer) -> list[str]:
     return [p for p in server.paths() if p != "/robots.txt"]
 
 
+@pytest.mark.slow
 def test_sigterm_flushes_state_exits_partial_and_the_next_run_continues(tmp_path, slow_server):
     cmd = [*CLI, "run", str(_recipe(tmp_path, slow_server.base)), "--workdir", "w"]
     p = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -86,6 +87,7 @@ def test_sigterm_flushes_state_exits_partial_and_the_next_run_continues(tmp_path
     assert validate_folder(tmp_path / "w" / "crawl") == []
 
 
+@pytest.mark.slow
 def test_max_runtime_stops_as_partial_and_resumes(tmp_path, slow_server):
     cmd = [*CLI, "run", str(_recipe(tmp_path, slow_server.base)), "--workdir", "w"]
     t0 = time.monotonic()

@@ -17,8 +17,9 @@ from corpusforge.errors import ConfigError, DivergedError  # noqa: E402
 from corpusforge.tokens.stage import write_token_shards  # noqa: E402
 from corpusforge.tokens.tokenizer import train_tokenizer  # noqa: E402
 from corpusforge.train import checkpoint as ckpt  # noqa: E402
+from corpusforge.train.config import TrainConfig  # noqa: E402
 from corpusforge.train.model import GPT, GPTConfig  # noqa: E402
-from corpusforge.train.train import TrainConfig, train  # noqa: E402
+from corpusforge.train.train import train  # noqa: E402
 from tests.conftest import cli_env  # noqa: E402
 
 TEXT = "".join(
@@ -88,6 +89,7 @@ def test_loss_decreases_and_outputs_are_written(tokens, tmp_path):
     assert list((out / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_exact_resume_after_kill_minus_9(tokens, tmp_path):
     args = [sys.executable, "-m", "corpusforge.cli", "train", str(tokens)]
     sets = [f"--set={k}={v}" for k, v in (TINY | {"max_iters": 20, "eval_interval": 5, "dropout": 0.1}).items()]
@@ -189,6 +191,7 @@ def _hidden(model, x):
     return h
 
 
+@pytest.mark.slow
 def test_ddp_with_two_gloo_processes(tokens, tmp_path):
     cmd = [
         sys.executable,
@@ -271,7 +274,7 @@ def test_math_and_flash_attention_paths_agree():
 
 
 def test_precision_choice_and_default_learning_rate():
-    from corpusforge.train.train import amp_dtype, cpu_has_bf16
+    from corpusforge.train.precision import amp_dtype, cpu_has_bf16
 
     assert amp_dtype("cpu", "float32") is None
     assert amp_dtype("cpu", "bfloat16") is torch.bfloat16
@@ -296,3 +299,35 @@ def test_cpu_training_in_each_precision_learns(tokens, tmp_path, dtype):
     assert sum(losses[-5:]) / 5 < losses[0] - 0.5, losses
     state = json.loads(next((tmp_path / "checkpoints").glob("*/state.json")).read_text())
     assert state["precision"] == dtype
+
+
+def test_train_config_is_the_schema_of_the_stage_and_of_the_cli(tmp_path):
+    """TrainConfig's fields, bounds included, are what a recipe's train stage and ``train --set`` accept;
+    verify_data is one of them but stays out of the stage's config hash (it cannot change the output)."""
+    from corpusforge.params import validate_kwargs
+    from corpusforge.recipe import validate_recipe
+    from corpusforge.train.stage import TrainStage
+
+    recipe = validate_recipe({"name": "t", "stages": [{"kind": "train", "verify_data": False, "n_layer": 2}]})
+    assert recipe.stages[0].params == {"verify_data": False, "n_layer": 2}
+    assert TrainStage(**recipe.stages[0].params).config() == TrainStage(n_layer=2).config()
+    assert "verify_data" not in TrainStage().config() and TrainStage().config()["lr"] is None
+    from corpusforge.plan import make_plan
+
+    plain = validate_recipe({"name": "t", "stages": [{"kind": "train", "n_layer": 2}]})
+    assert make_plan(recipe)[0].config_hash == make_plan(plain)[0].config_hash
+    with pytest.raises(ConfigError, match="n_layer") as e:
+        validate_kwargs(TrainConfig, {"n_layer": 0}, "")
+    assert e.value.path == "n_layer"
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.dropout: must be <= 0.9"):
+        validate_recipe({"name": "t", "stages": [{"kind": "train", "dropout": 1.5}]})
+    # The CLI accepts the key and gets as far as the missing tokens folder (exit 2, a config error).
+    proc = subprocess.run(
+        [sys.executable, "-m", "corpusforge.cli", "train", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
+        + ["--set", "verify_data=false"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "manifest.json" in proc.stdout + proc.stderr, proc.stdout + proc.stderr

@@ -36,7 +36,6 @@ class LangchainBackend(RequestsFetcher):
 
     def fetch(self, request: FetchRequest) -> FetchResponse:
         import requests
-        from langchain_community.document_loaders import WebBaseLoader
 
         t0 = time.monotonic()
         deadline = t0 + request.timeout_s
@@ -53,25 +52,9 @@ class LangchainBackend(RequestsFetcher):
             r._content_consumed = True
             return r
 
-        t = min(10.0, request.timeout_s)
-        loader = WebBaseLoader(
-            web_paths=[request.url],
-            session=self._session(request.url),
-            requests_kwargs={
-                "headers": request.headers,
-                "allow_redirects": False,
-                "stream": True,
-                "timeout": (t, t),
-                "hooks": {"response": [capture]},
-            },
-            raise_for_status=False,
-            autoset_encoding=False,
-            encoding="utf-8",  # the crawler decodes the raw bytes itself (header, meta, detection)
-            show_progress=False,
-        )
         text = None
         try:
-            docs = loader.load()
+            docs = self._loader(request, capture).load()
             if docs:
                 text = docs[0].page_content
                 self.loader_docs += 1
@@ -93,3 +76,24 @@ class LangchainBackend(RequestsFetcher):
         )
         resp.loader_text = text  # type: ignore[attr-defined]
         return resp
+
+    def _loader(self, request: FetchRequest, on_response: Any) -> Any:
+        """A ``WebBaseLoader`` for one URL on its host's session, redirects off, ``on_response`` reading the body."""
+        from langchain_community.document_loaders import WebBaseLoader
+
+        t = min(10.0, request.timeout_s)  # connect and read timeouts, s; the total deadline is on_response's
+        return WebBaseLoader(
+            web_paths=[request.url],
+            session=self._session(request.url),
+            requests_kwargs={
+                "headers": request.headers,
+                "allow_redirects": False,
+                "stream": True,
+                "timeout": (t, t),
+                "hooks": {"response": [on_response]},
+            },
+            raise_for_status=False,
+            autoset_encoding=False,
+            encoding="utf-8",  # the crawler decodes the raw bytes itself (header, meta, detection)
+            show_progress=False,
+        )

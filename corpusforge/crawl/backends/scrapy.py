@@ -84,6 +84,41 @@ def _error_name(failure: Any) -> str:
     return "data_loss" if "connection" in text else "fetch_error"
 
 
+def _settings(user_agent: str | None, timeout_s: float, reactor: Any) -> dict[str, Any]:
+    """Scrapy settings that leave every crawl rule to our crawler and keep only the I/O limits."""
+    return {
+        "LOG_ENABLED": False,
+        "TELNETCONSOLE_ENABLED": False,
+        "REMOTE_CONTROL_ENABLED": False,
+        "ROBOTSTXT_OBEY": False,  # our crawler reads robots.txt (RFC 9309) for every backend
+        "COOKIES_ENABLED": False,  # nothing carried between hosts, schemes or ports
+        "REDIRECT_ENABLED": False,  # the crawler re-checks every hop
+        "RETRY_ENABLED": False,  # the crawler's retry budget and backoff
+        "AUTOTHROTTLE_ENABLED": False,
+        "HTTPPROXY_ENABLED": False,
+        "DOWNLOAD_DELAY": 0,  # the crawler's per-host delay
+        "CONCURRENT_REQUESTS_PER_DOMAIN": 1,
+        "DOWNLOAD_TIMEOUT": timeout_s,
+        "DOWNLOAD_WARNSIZE": 0,
+        "DOWNLOAD_FAIL_ON_DATALOSS": True,
+        "USER_AGENT": user_agent or "corpusforge",
+        "TWISTED_REACTOR": f"{type(reactor).__module__}.{type(reactor).__name__}",
+        "EXTENSIONS": {"scrapy.extensions.logstats.LogStats": None, "scrapy.extensions.memusage.MemoryUsage": None},
+    }
+
+
+def _request_meta(request: FetchRequest) -> dict[str, Any]:
+    """Per-request Scrapy meta: our byte cap and deadline; every status and redirect handed back to us."""
+    return {
+        "download_maxsize": request.max_bytes,
+        "download_timeout": request.timeout_s,
+        "dont_redirect": True,
+        "dont_retry": True,
+        "handle_httpstatus_all": True,
+        "dont_merge_cookies": True,
+    }
+
+
 class ScrapyBackend:
     name: ClassVar[str] = "scrapy"
     parser: ClassVar[str] = "lxml"  # links are parsed by the crawler (Scrapy's selectors are lxml too)
@@ -129,26 +164,7 @@ class ScrapyBackend:
             def _idle(self) -> None:
                 raise DontCloseSpider
 
-        settings = {
-            "LOG_ENABLED": False,
-            "TELNETCONSOLE_ENABLED": False,
-            "REMOTE_CONTROL_ENABLED": False,
-            "ROBOTSTXT_OBEY": False,  # our crawler reads robots.txt (RFC 9309) for every backend
-            "COOKIES_ENABLED": False,  # nothing carried between hosts, schemes or ports
-            "REDIRECT_ENABLED": False,  # the crawler re-checks every hop
-            "RETRY_ENABLED": False,  # the crawler's retry budget and backoff
-            "AUTOTHROTTLE_ENABLED": False,
-            "HTTPPROXY_ENABLED": False,
-            "DOWNLOAD_DELAY": 0,  # the crawler's per-host delay
-            "CONCURRENT_REQUESTS_PER_DOMAIN": 1,
-            "DOWNLOAD_TIMEOUT": timeout_s,
-            "DOWNLOAD_WARNSIZE": 0,
-            "DOWNLOAD_FAIL_ON_DATALOSS": True,
-            "USER_AGENT": user_agent or "corpusforge",
-            "TWISTED_REACTOR": f"{type(reactor).__module__}.{type(reactor).__name__}",
-            "EXTENSIONS": {"scrapy.extensions.logstats.LogStats": None, "scrapy.extensions.memusage.MemoryUsage": None},
-        }
-        runner = CrawlerRunner(settings)
+        runner = CrawlerRunner(_settings(user_agent, timeout_s, reactor))
         self._crawler: Any = runner.create_crawler(Bridge)
         self._done = blockingCallFromThread(reactor, lambda: runner.crawl(self._crawler) and None)
         if not opened.wait(30):
@@ -197,14 +213,7 @@ class ScrapyBackend:
             callback=ok,
             errback=failed,
             dont_filter=True,  # the frontier already dedups
-            meta={
-                "download_maxsize": request.max_bytes,
-                "download_timeout": request.timeout_s,
-                "dont_redirect": True,
-                "dont_retry": True,
-                "handle_httpstatus_all": True,
-                "dont_merge_cookies": True,
-            },
+            meta=_request_meta(request),
         )
         self._reactor.callFromThread(self._crawler.engine.crawl, req)
         try:

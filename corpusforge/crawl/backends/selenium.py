@@ -240,12 +240,8 @@ class SeleniumBackend(RequestsFetcher):
 
         t0 = time.monotonic()
 
-        started = time.monotonic()
-
         def failed(error: str) -> FetchResponse:
-            return FetchResponse(
-                request.url, request.url, 0, {}, b"", error=error, elapsed_s=time.monotonic() - t0, started_s=started
-            )
+            return FetchResponse(request.url, request.url, 0, {}, b"", error=error, elapsed_s=time.monotonic() - t0)
 
         try:
             if self._driver is None:
@@ -263,7 +259,6 @@ class SeleniumBackend(RequestsFetcher):
                 self._cookie_key = None  # unknown until the clear is confirmed
                 self._driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
                 self._cookie_key = key
-            started = time.monotonic()
             self._driver.get(request.url)
             # page_source and current_url in one WebDriver call instead of two.
             got = self._driver.execute_script(PAGE_SOURCE_AND_URL)
@@ -284,9 +279,7 @@ class SeleniumBackend(RequestsFetcher):
             return failed("browser_crashed")
         if len(html.encode("utf-8", errors="replace")) > request.max_bytes:
             return failed("too_large")
-        return FetchResponse(
-            request.url, final, 200, {}, b"", rendered_html=html, elapsed_s=time.monotonic() - t0, started_s=started
-        )
+        return FetchResponse(request.url, final, 200, {}, b"", rendered_html=html, elapsed_s=time.monotonic() - t0)
 
     def close(self) -> None:
         super().close()
