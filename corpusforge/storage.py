@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,25 @@ def commit_temp(tmp: Path, final: Path) -> None:
         fsync_dir(final.parent)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
+        raise FatalError(f"cannot write {final}: {exc.strerror or exc}. Check free space and permissions.") from exc
+
+
+def commit_temp_dir(tmp: Path, final: Path) -> None:
+    """``commit_temp`` for a folder (a checkpoint, an export): fsync every file in it, replace ``final`` (an
+    older folder of that name is removed first), fsync the parent. A crash leaves the old folder or none."""
+    try:
+        for path in sorted(Path(tmp).rglob("*")):
+            if path.is_file():
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except OSError as exc:
         raise FatalError(f"cannot write {final}: {exc.strerror or exc}. Check free space and permissions.") from exc
 
 

@@ -62,6 +62,3 @@ class CrawlStage(Stage):
         return TaskResult(
             files=outcome.files, steps=[outcome.stats.to_dict()], extra=outcome.extra, partial=outcome.partial
         )
-
-    def summary(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        return {"pages": manifest.get("rows", 0)}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 
-from corpusforge.storage import atomic_write_json, fsync_dir, sha256_file
+from corpusforge.storage import atomic_write_json, commit_temp_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +83,13 @@ def save(
     otensors["rng.torch"] = torch.get_rng_state()
     otensors.update(extra_tensors or {})  # e.g. "rng.cuda"
     save_file(otensors, str(tmp / "optim.safetensors"))
-    for name in ("model.safetensors", "optim.safetensors"):
-        with open(tmp / name, "rb") as fh:
-            os.fsync(fh.fileno())
     full = dict(state) | {
         "step": step,
         "optimizer": ometa,
         "sha256": {n: sha256_file(tmp / n) for n in ("model.safetensors", "optim.safetensors")},
     }
     atomic_write_json(tmp / "state.json", full)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(folder)
+    commit_temp_dir(tmp, final)
     for old in list_checkpoints(folder)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -17,6 +17,7 @@ from typing import cast
 import torch
 
 from corpusforge.errors import ConfigError, require
+from corpusforge.storage import commit_temp_dir, temp_path
 from corpusforge.train.model import GPT, Block, sinusoidal_table
 from corpusforge.train.sample import find_tokenizer, load_model
 
@@ -84,7 +85,7 @@ def export_gpt2(out_dir: Path, dest: Path, *, tokenizer_path: Path | None = None
     if real_missing or unexpected:
         raise ConfigError(f"export mapping incomplete: missing {real_missing}, unexpected {unexpected}", path="export")
     dest = Path(dest)
-    tmp = dest.with_name(dest.name + ".tmp")
+    tmp = temp_path(dest)
     shutil.rmtree(tmp, ignore_errors=True)
     hf.save_pretrained(str(tmp), safe_serialization=True)
     tok = find_tokenizer(tokens_dir, tokenizer_path)
@@ -94,6 +95,5 @@ def export_gpt2(out_dir: Path, dest: Path, *, tokenizer_path: Path | None = None
         shutil.copy(tok, tmp / "tokenizer.json")
         for name, data in hf_files(tok, model_max_length=c.block_size).items():
             (tmp / name).write_bytes(data)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    commit_temp_dir(tmp, dest)
     return dest

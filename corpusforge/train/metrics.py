@@ -8,9 +8,10 @@ evaluation), ``bits_per_byte`` (val loss per byte of the original text, when the
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from corpusforge.storage import commit_temp, temp_path
 
 __all__ = ["MetricsLog", "plot_losses"]
 
@@ -68,7 +69,8 @@ def plot_losses(out_dir: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out_dir / "loss.png.tmp"
+    final = out_dir / "loss.png"
+    tmp = temp_path(final)
     fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, out_dir / "loss.png")  # atomic: a reader never sees half a PNG
+    commit_temp(tmp, final)  # a reader never sees half a PNG
