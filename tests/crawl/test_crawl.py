@@ -147,6 +147,7 @@ def test_robots_unreachable_host_is_disallowed(tmp_path, backend):
     assert docs == [] and step["dropped"] == {"robots_unavailable": 1}
 
 
+@pytest.mark.slow  # 4 s per backend: real Crawl-delay gaps
 def test_crawl_delay_spaces_request_starts(tmp_path, servers, backend):
     routes = site(3)
     routes["/robots.txt"] = (200, {}, b"User-agent: *\nCrawl-delay: 1\n")

@@ -7,6 +7,7 @@ import json
 import random
 
 import numpy as np
+import pytest
 
 from corpusforge.dedup import shingles
 from corpusforge.dedup.shingles import (
@@ -42,6 +43,7 @@ def _edit(rng: random.Random, text: str, k: int = 2) -> str:
     return " ".join(ws)
 
 
+@pytest.mark.slow
 def test_vectorized_words_match_reference_and_signatures_estimate_jaccard():
     texts = ["Hello, World! foo_bar Über café\x00x", "", "naïve 日本語 text", "A b C"]
     h, d = word_hashes(texts)
@@ -141,6 +143,7 @@ def test_incremental_dedup_against_a_persistent_index(tmp_path):
     assert rows["b00"]["reason"] == "near_duplicate_indexed" and rows["c99"]["cluster"] == "c09"
 
 
+@pytest.mark.slow
 def test_exact_verification_and_determinism_with_tasks_and_workers(tmp_path):
     rng = random.Random(2)
     base = [_text(rng) for _ in range(40)]
