@@ -6,12 +6,19 @@ files are split over ``tasks`` by sorted position, so the output is deterministi
 ``sha1(path:line)``), ``sha1(target URI)`` for WARC responses. ``shards`` uses an existing document-shard
 folder (e.g. another run's crawl) as input: it reads nothing and writes nothing, and its folder must hold a
 valid ``manifest.json``; ``corpusforge build`` uses it to start from a finished crawl.
+
+A file cut short (a copy that stopped, a full disk) is never read as complete: the cut record is counted as
+``truncated_record`` and not stored, the records before the cut are kept, and the file is named in a warning
+and in the task's stats (``truncated_files``). A cut is a gzip stream without its end, a WARC record shorter
+than its ``Content-Length``, or a last JSONL line without its newline that is not valid JSON.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import logging
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -22,6 +29,25 @@ from corpusforge.params import Min
 from corpusforge.stage import Stage, StageContext, TaskResult
 from corpusforge.stats import StepStats
 from corpusforge.storage import MANIFEST, ShardWriter
+
+log = logging.getLogger(__name__)
+
+
+def gzip_complete(path: Path, chunk: int = 1 << 20) -> bool:
+    """Whether every gzip member of ``path`` ends properly (the file was not cut). Streams the file once,
+    decompressing at most ``chunk`` bytes at a time, so a bomb costs time, not memory."""
+    d = zlib.decompressobj(wbits=31)
+    fed = False  # bytes given to the current member's decompressor
+    with open(path, "rb") as fh:
+        while data := fh.read(chunk):
+            while data:
+                fed = True
+                d.decompress(data, chunk)
+                data = d.unconsumed_tail
+                if d.eof:  # a member ended: the rest is the next member (or trailing nothing)
+                    data = d.unused_data + data
+                    d, fed = zlib.decompressobj(wbits=31), False
+    return not fed or d.eof
 
 
 class _LocalStage(Stage):
@@ -62,6 +88,7 @@ class _LocalStage(Stage):
 
     def run_task(self, ctx: StageContext, rank: int) -> TaskResult:
         stats = StepStats(self.kind)
+        self.truncated: list[str] = []
         with ShardWriter(ctx.out_dir, f"{rank:05d}") as w:
             for i, f in enumerate(self.files()):
                 if i % self.tasks != rank:
@@ -70,7 +97,17 @@ class _LocalStage(Stage):
                     w.write(doc)
                     stats.output += 1
                     ctx.fault_at(stats.output)
-        return TaskResult(files=w.files, steps=[stats.to_dict()])
+        extra = {"truncated_files": self.truncated} if self.truncated else {}
+        return TaskResult(files=w.files, steps=[stats.to_dict()], extra=extra)
+
+    def _cut(self, file: Path, stats: StepStats, what: str, *, counted: bool = False) -> None:
+        """One record cut short: counted and not stored; the file named in a warning and in the stats."""
+        if not counted:
+            stats.input += 1
+        stats.drop("truncated_record")
+        if str(file) not in self.truncated:
+            self.truncated.append(str(file))
+        log.warning("%s is cut short (%s): the records before the cut are kept, the cut one is not", file, what)
 
     def _source(self) -> str:
         return self.source or Path(self.path).name
@@ -123,18 +160,31 @@ class ReadJsonlStage(_LocalStage):
     def records(self, file: Path, stats: StepStats) -> Iterator[Document]:
         opener: Any = gzip.open if file.name.endswith(".gz") else open
         with opener(file, "rt", encoding="utf-8", errors="replace") as fh:
-            for line_no, line in enumerate(fh, start=1):
+            lines = enumerate(fh, start=1)
+            while True:
+                try:
+                    line_no, line = next(lines)
+                except StopIteration:
+                    return
+                except EOFError:  # gzip without its end: the lines before the cut were read
+                    self._cut(file, stats, "the gzip stream ends early")
+                    return
                 if not line.strip():
                     continue
-                stats.input += 1
                 if len(line) > self.max_bytes:
+                    stats.input += 1
                     stats.drop("too_large")
                     continue
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
+                    if not line.endswith("\n"):  # the last line, cut: not a record with bad JSON
+                        self._cut(file, stats, f"line {line_no} ends without a newline")
+                        continue
+                    stats.input += 1
                     stats.drop("bad_json")
                     continue
+                stats.input += 1
                 if not isinstance(rec, dict):
                     stats.drop("not_an_object")
                     continue
@@ -175,6 +225,7 @@ class ReadWarcStage(_LocalStage):
         from corpusforge.errors import require
 
         archive = require("warcio.archiveiterator", "warc")
+        cut = False
         with open(file, "rb") as fh:
             for rec in archive.ArchiveIterator(fh):
                 if rec.rec_type != "response":
@@ -186,6 +237,11 @@ class ReadWarcStage(_LocalStage):
                     stats.drop("content_type")
                     continue
                 body = rec.content_stream().read(self.max_bytes + 1)
+                if len(body) <= self.max_bytes and getattr(rec.raw_stream, "limit", 0) > 0:
+                    # The whole payload was read, yet the record promised more bytes: the file ends here.
+                    cut = True
+                    self._cut(file, stats, f"the record of {url} is shorter than its Content-Length", counted=True)
+                    continue
                 if len(body) > self.max_bytes:
                     stats.drop("too_large")
                     continue
@@ -200,6 +256,9 @@ class ReadWarcStage(_LocalStage):
                     html=decode_html(body, ctype or ""),
                     backend="warc",
                 )
+        # warcio ends quietly at a gzip member cut short, and the record in it vanishes: count it.
+        if not cut and file.name.endswith(".gz") and not gzip_complete(file):
+            self._cut(file, stats, "the gzip stream ends early")
 
 
 class ShardsInputStage(Stage):

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import signal
 import subprocess
 import sys
@@ -189,81 +187,6 @@ def test_new_spider_writes_a_loadable_skeleton_whose_check_names_the_missing_pag
         timeout=60,
     )
     assert bad.returncode == 2
-
-
-def _local(tmp_path: Path, stage: dict) -> tuple[int, list, dict]:
-    res = run_recipe(validate_recipe({"name": "t", "workdir": str(tmp_path / "w"), "stages": [stage]}))
-    out = tmp_path / "w" / stage["kind"]
-    docs = list(iter_documents(manifest_paths(out))) if res.status == DONE else []
-    return res.status, docs, res.stages[0].steps[0] if res.stages[0].steps else {}
-
-
-def test_local_html_folder(tmp_path):
-    d = tmp_path / "site"
-    (d / "sub").mkdir(parents=True)
-    (d / "a.html").write_text("<html><body>alpha</body></html>")
-    (d / "sub" / "b.htm").write_bytes("<html><body>caf\xe9</body></html>".encode("latin-1"))
-    (d / "big.html").write_text("<p>x</p>" * 500)
-    (d / "notes.txt").write_text("not html")
-    status, docs, step = _local(tmp_path, {"kind": "read_html", "path": str(d), "max_bytes": 1000})
-    assert status == DONE
-    by = {d.metadata["path"]: d for d in docs}
-    assert set(by) == {"a.html", "sub/b.htm"} and "café" in by["sub/b.htm"].html
-    assert step["dropped"] == {"too_large": 1} and step["input"] == 3
-
-
-def test_local_jsonl_counts_bad_lines(tmp_path):
-    f = tmp_path / "in.jsonl.gz"
-    lines = [
-        json.dumps({"id": "a", "text": "hello", "url": "https://x.org/a", "lang": "en"}),
-        "{not json",
-        json.dumps([1, 2]),
-        json.dumps({"id": "c", "text": 5}),
-        json.dumps({"text": "no id"}),
-        "",
-    ]
-    f.write_bytes(gzip.compress("\n".join(lines).encode()))
-    status, docs, step = _local(tmp_path, {"kind": "read_jsonl", "path": str(f)})
-    assert status == DONE
-    assert [d.text for d in docs] == ["hello", "no id"] and docs[0].id == "a" and docs[0].metadata == {"lang": "en"}
-    assert step["dropped"] == {"bad_json": 1, "not_an_object": 1, "wrong_type": 1}
-
-
-def test_local_warc_keeps_html_responses(tmp_path):
-    from io import BytesIO
-
-    from warcio.statusandheaders import StatusAndHeaders
-    from warcio.warcwriter import WARCWriter
-
-    f = tmp_path / "crawl.warc.gz"
-    with open(f, "wb") as fh:
-        w = WARCWriter(fh, gzip=True)
-        for url, ctype, body in [
-            ("https://x.org/", "text/html; charset=utf-8", b"<html><body>warc page</body></html>"),
-            ("https://x.org/img.png", "image/png", b"\x89PNG"),
-        ]:
-            http = StatusAndHeaders("200 OK", [("Content-Type", ctype)], protocol="HTTP/1.1")
-            w.write_record(w.create_warc_record(url, "response", payload=BytesIO(body), http_headers=http))
-        w.write_record(w.create_warc_record("https://x.org/", "request", payload=BytesIO(b"GET / HTTP/1.1\r\n\r\n")))
-    status, docs, step = _local(tmp_path, {"kind": "read_warc", "path": str(f)})
-    assert status == DONE
-    assert [(d.url, d.status, d.backend) for d in docs] == [("https://x.org/", 200, "warc")]
-    assert "warc page" in docs[0].html and step["dropped"] == {"content_type": 1}
-
-
-def test_missing_local_input_is_a_config_error(tmp_path):
-    from corpusforge.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="does not exist"):
-        run_recipe(
-            validate_recipe(
-                {
-                    "name": "t",
-                    "workdir": str(tmp_path / "w"),
-                    "stages": [{"kind": "read_html", "path": str(tmp_path / "nope")}],
-                }
-            )
-        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
