@@ -20,7 +20,6 @@ stage with FAILED), stopped early (PARTIAL), or the whole run stopped (``FatalEr
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -42,14 +41,20 @@ from corpusforge.errors import (
     ConfigError,
     FatalError,
     Interrupted,
-    LockedError,
 )
 from corpusforge.executors.local import run_tasks
 from corpusforge.plan import PlanEntry, make_plan, stage_dirs
 from corpusforge.recipe import Recipe
 from corpusforge.stage import STOP, StageContext, TaskResult, marker_path
 from corpusforge.stats import StepStats, merge_step_lists
-from corpusforge.storage import MANIFEST, atomic_write_bytes, atomic_write_json, clean_temp_files, write_manifest
+from corpusforge.storage import (
+    MANIFEST,
+    atomic_write_bytes,
+    atomic_write_json,
+    clean_temp_files,
+    workdir_lock,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,28 +100,6 @@ class RunResult:
     workdir: Path
     stages: list[StageOutcome]
     message: str = ""
-
-
-# ------------------------------------------------------------------------------------------------ lock
-@contextmanager
-def workdir_lock(workdir: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``<workdir>/.lock``; released by the kernel even after ``kill -9``."""
-    path = workdir / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            raise LockedError(
-                f"{workdir} is locked by another corpusforge run (pid {holder or '?'}); "
-                "wait for it to finish, or check for a stuck process"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------------ runner

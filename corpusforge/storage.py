@@ -9,6 +9,7 @@ it, because an Arrow stream cut at a batch boundary reads without any error.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ import os
 import platform
 import shutil
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from corpusforge.document import Document
-from corpusforge.errors import FatalError, ShardError
+from corpusforge.errors import FatalError, LockedError, ShardError
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,32 @@ def versions() -> dict[str, str]:
         if m is not None and hasattr(m, "__version__"):
             out[mod] = str(m.__version__)
     return out
+
+
+# --------------------------------------------------------------------------------------------------- lock
+@contextmanager
+def workdir_lock(workdir: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<workdir>/.lock``; released by the kernel even after ``kill -9``.
+
+    A run folder (the runner) and a training folder (``corpusforge train``) are each locked this way: a second
+    run on the same folder raises ``LockedError`` at once (exit 3).
+    """
+    path = workdir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            raise LockedError(
+                f"{workdir} is locked by another corpusforge run (pid {holder or '?'}); "
+                "wait for it to finish, or check for a stuck process"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------------- writing

@@ -11,7 +11,8 @@ import pytest
 
 from corpusforge.errors import BAD_CONFIG, DONE, FAILED, LOCKED, PARTIAL, ConfigError, LockedError
 from corpusforge.recipe import validate_recipe
-from corpusforge.runner import run_recipe, workdir_lock
+from corpusforge.runner import run_recipe
+from corpusforge.storage import workdir_lock
 from corpusforge.storage import validate_folder
 from tests.conftest import cli_env
 

@@ -22,6 +22,28 @@ from corpusforge.storage import (
 )
 
 
+def expect_tokens_folder(folder: Path) -> dict[str, Any]:
+    """The manifest of a finished tokens folder, or a ``ConfigError`` saying what the folder is instead."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        raise ConfigError(f"{folder} has no {MANIFEST}: point it at a finished tokens stage folder", path="TOKENS")
+    manifest = load_manifest(folder)
+    if {"vocab_size", "dtype", "tokens"} <= manifest.keys():
+        return manifest
+    kind = manifest.get("config", {}).get("kind") if isinstance(manifest.get("config"), dict) else None
+    if (folder / "tokenizer.json").is_file():
+        what = "a tokenizer (tokenizer.json)"
+    elif any(f["name"].endswith(".arrow") for f in manifest.get("files", [])):
+        what = f"document shards{f' (a {kind!r} stage)' if kind else ''}"
+    else:
+        what = f"the output of a {kind!r} stage" if kind else "no token shards"
+    raise ConfigError(
+        f"{folder} holds {what}, not token shards: give the folder of a tokens stage (train/ and val/ shards of "
+        "input_ids, e.g. runs/<name>/tokens, written by the tokens stage or `corpusforge build`)",
+        path="TOKENS",
+    )
+
+
 def _split_batches(tokens_dir: Path, split: str, *, verify: bool = False) -> Iterator[pa.RecordBatch]:
     """The record batches of ``split``'s shards in manifest order, each file checked against the manifest
     as it is read (``storage.read_listed``: size, row count; sha256 with ``verify``)."""

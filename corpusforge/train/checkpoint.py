@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from corpusforge.errors import ShardError
 from corpusforge.storage import atomic_write_json, commit_temp_dir, sha256_file
 
 log = logging.getLogger(__name__)
@@ -124,18 +125,32 @@ def load_one(path: Path) -> Loaded:
     return Loaded(path, state, model, optim)
 
 
-def load_latest(folder: Path, *, clean: bool = True) -> Loaded | None:
-    """The newest checkpoint that loads and verifies; corrupt ones are reported and skipped.
+def load_latest(folder: Path, *, clean: bool = True, force: bool = False) -> Loaded | None:
+    """The newest checkpoint that loads and verifies; corrupt ones are reported and skipped. None: there is no
+    checkpoint. Every one corrupt raises ``ShardError`` (nothing to resume from), unless ``force``: then None.
 
     ``clean`` removes the ``*.tmp`` folders of interrupted saves (only the process that writes checkpoints
     should: under DDP, rank 0).
     """
     for tmp in folder.glob(f"{PREFIX}*.tmp") if (clean and folder.is_dir()) else []:
         shutil.rmtree(tmp, ignore_errors=True)  # an interrupted save
+    problems: list[str] = []
     for path in list_checkpoints(folder):
         try:
-            return load_one(path)
+            loaded = load_one(path)
         except ValueError as exc:
-            log.error("%s; falling back to the previous checkpoint", exc)
-            print(f"warning: {exc}; falling back to the previous checkpoint")
-    return None
+            problems.append(str(exc))
+            log.error("%s", exc)
+            continue
+        if problems:
+            print(f"warning: {len(problems)} newer checkpoint(s) corrupt ({problems[0]}); resuming from {path.name}")
+        return loaded
+    if not problems:
+        return None
+    if force:
+        print(f"warning: every checkpoint in {folder} is corrupt; --force: training starts again from step 0")
+        return None
+    raise ShardError(
+        f"every checkpoint in {folder} is corrupt ({'; '.join(problems[:2])}): nothing to resume from. "
+        "Rerun with --force to train from step 0, or restore the checkpoints"
+    )

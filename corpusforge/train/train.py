@@ -35,6 +35,8 @@ import numpy as np
 import torch
 
 from corpusforge.errors import ConfigError, DivergedError
+from corpusforge.storage import workdir_lock
+from corpusforge.tokens.read import expect_tokens_folder
 from corpusforge.train import checkpoint as ckpt
 from corpusforge.train import dist
 from corpusforge.train.config import TrainConfig
@@ -132,7 +134,7 @@ class Run:
 
     def _resume(self, force: bool) -> int:
         """Load the newest good checkpoint into model, optimizer, RNGs and data cursor; its step, or 0."""
-        loaded = ckpt.load_latest(self.ck_dir, clean=self.dist.master)
+        loaded = ckpt.load_latest(self.ck_dir, clean=self.dist.master, force=force)
         if loaded is None:
             return 0
         st = loaded.state
@@ -314,8 +316,30 @@ def train(
     quiet: bool = False,
     tokenizer_path: Path | None = None,
 ) -> TrainResult:
-    """Train to ``cfg.max_iters``, resuming from ``out_dir/checkpoints``; stops cleanly when ``should_stop()``."""
-    run = Run(cfg, Path(tokens_dir), Path(out_dir), force=force, quiet=quiet)
+    """Train to ``cfg.max_iters``, resuming from ``out_dir/checkpoints``; stops cleanly when ``should_stop()``.
+
+    Rank 0 holds ``out_dir/.lock`` for the whole run: a second trainer on the same folder raises
+    ``LockedError`` (exit 3) before it reads or writes anything.
+    """
+    expect_tokens_folder(Path(tokens_dir))
+    out_dir = Path(out_dir)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes, so only it locks
+        return _train(cfg, Path(tokens_dir), out_dir, force, should_stop, quiet, tokenizer_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock(out_dir):
+        return _train(cfg, Path(tokens_dir), out_dir, force, should_stop, quiet, tokenizer_path)
+
+
+def _train(
+    cfg: TrainConfig,
+    tokens_dir: Path,
+    out_dir: Path,
+    force: bool,
+    should_stop: Callable[[], bool],
+    quiet: bool,
+    tokenizer_path: Path | None,
+) -> TrainResult:
+    run = Run(cfg, tokens_dir, out_dir, force=force, quiet=quiet)
     t0 = time.perf_counter()
     # tokens/s of a log interval: iterations since it_last over seconds since t_last; t_last moves past each
     # evaluation and checkpoint, so only training is timed.

@@ -331,3 +331,72 @@ def test_train_config_is_the_schema_of_the_stage_and_of_the_cli(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "manifest.json" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def _cli_train(tmp_path, *args, timeout=120, **kw):
+    cmd = [sys.executable, "-m", "corpusforge.cli", "train", *map(str, args)]
+    return subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def _tiny_sets(**over):
+    return [x for k, v in (TINY | over).items() for x in ("--set", f"{k}={v}")]
+
+
+def test_a_second_trainer_on_the_same_folder_exits_locked(tokens, tmp_path):
+    import signal
+    import time
+
+    from corpusforge.errors import LOCKED, PARTIAL
+
+    cmd = [sys.executable, "-m", "corpusforge.cli", "train", str(tokens), "--out", "o"]
+    cmd += _tiny_sets(max_iters=100_000, eval_interval=100_000)
+    first = subprocess.Popen(
+        cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + 60
+        metrics = tmp_path / "o" / "metrics.jsonl"
+        while time.time() < deadline and not (metrics.is_file() and metrics.read_text().strip()):
+            time.sleep(0.1)
+        assert metrics.read_text().strip(), "the first trainer never logged a step"
+        second = _cli_train(tmp_path, tokens, "--out", "o", *_tiny_sets(max_iters=10))
+        assert second.returncode == LOCKED, second.stderr
+        assert "locked" in second.stderr and second.stdout.count("iter ") == 0
+    finally:
+        first.send_signal(signal.SIGTERM)
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == PARTIAL, err
+
+
+def test_train_on_a_folder_that_is_not_token_shards_says_what_it_is(tmp_path):
+    from corpusforge.errors import DONE
+    from corpusforge.recipe import validate_recipe
+    from corpusforge.runner import run_recipe
+
+    raw = {
+        "name": "t",
+        "workdir": str(tmp_path / "w"),
+        "stages": [{"kind": "test_source", "docs": 30}, {"kind": "tokenizer", "algorithm": "char"}],
+    }
+    assert run_recipe(validate_recipe(raw)).status == DONE
+    for folder, what in (("test_source", "document shards"), ("tokenizer", "a tokenizer")):
+        p = _cli_train(tmp_path, tmp_path / "w" / folder, "--out", "o")
+        assert p.returncode == 2, p.stderr
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and what in lines[0] and "not token shards" in lines[0], p.stderr
+
+
+def test_every_checkpoint_corrupt_fails_unless_forced(tokens, tmp_path):
+    from corpusforge.errors import DONE, FAILED, ShardError
+
+    out = tmp_path / "o"
+    train(TrainConfig(**TINY, max_iters=10, eval_interval=5), tokens, out, quiet=True)
+    for c in ckpt.list_checkpoints(out / "checkpoints"):
+        (c / "model.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(ShardError, match="every checkpoint in .* is corrupt.*--force"):
+        train(TrainConfig(**TINY, max_iters=12, eval_interval=5), tokens, out, quiet=True)
+    p = _cli_train(tmp_path, tokens, "--out", out, *_tiny_sets(max_iters=12, eval_interval=5))
+    assert p.returncode == FAILED and "every checkpoint" in p.stderr and "falling back" not in p.stdout + p.stderr
+    p = _cli_train(tmp_path, tokens, "--out", out, "--force", *_tiny_sets(max_iters=12, eval_interval=5))
+    assert p.returncode == DONE, p.stderr
+    assert "starts again from step 0" in p.stdout and "resumed from" not in p.stdout
