@@ -18,7 +18,13 @@ def train(
     config: Annotated[Path | None, typer.Option("--config", help="A TOML file of training parameters")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a parameter: key=value")] = None,
     max_iters: Annotated[int | None, typer.Option(min=1)] = None,
-    force: Annotated[bool, typer.Option("--force", help="Resume even though the training data changed, or start over when every checkpoint is corrupt")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Resume even though the training data changed, or start over when every checkpoint is corrupt",
+        ),
+    ] = False,
 ) -> None:
     """Train the bundled GPT on token shards; resumes from the newest good checkpoint in --out."""
     import tomllib
