@@ -41,6 +41,7 @@ from corpusforge.errors import (
     ConfigError,
     FatalError,
     Interrupted,
+    ShardError,
 )
 from corpusforge.executors.local import run_tasks
 from corpusforge.plan import PlanEntry, make_plan, stage_dirs
@@ -52,6 +53,7 @@ from corpusforge.storage import (
     atomic_write_bytes,
     atomic_write_json,
     clean_temp_files,
+    validate_folder,
     workdir_lock,
     write_manifest,
 )
@@ -177,6 +179,13 @@ class Runner:
         out = StageOutcome(name=e.name, kind=e.spec.kind, status="done", out_dir=e.out_dir)
         manifest_path = e.out_dir / MANIFEST
         if e.external or (manifest_path.is_file() and (e.out_dir / STAGE_FILE).is_file()):
+            # Later stages will read this folder: a cheap check first (every listed file, its size).
+            problems = validate_folder(e.out_dir, deep=False)
+            if problems:
+                raise ShardError(
+                    f"stage {e.name} is finished but its folder changed since: {problems[0]}. "
+                    f"Remove {e.out_dir} to rebuild it (or restore the file)"
+                )
             out.status = "skipped"
             out.manifest = json.loads(manifest_path.read_text())
             if not e.external:

@@ -10,6 +10,7 @@ it, because an Arrow stream cut at a batch boundary reads without any error.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -296,8 +297,8 @@ class ShardWriter:
 
 
 # --------------------------------------------------------------------------------------------------- reading
-def iter_batches(path: Path) -> Iterator[pa.RecordBatch]:
-    """The record batches of an Arrow IPC file or stream, memory-mapped: the one reader of every shard.
+def _raw_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """The record batches of an Arrow IPC file or stream, memory-mapped, with no check against a manifest.
 
     Document shards are IPC files; token shards are IPC streams (what HF datasets writes). The map is not
     closed here: zero-copy views of a batch (the trainer's token arrays) keep it alive. An unreadable file
@@ -316,8 +317,66 @@ def iter_batches(path: Path) -> Iterator[pa.RecordBatch]:
         raise ShardError(f"{path}: unreadable Arrow file ({exc}); rerun the stage that wrote it") from exc
 
 
+def _mapped_sha256(path: Path) -> str:
+    """sha256 of a file read through a memory map: the pages parsing reads next are then in the page cache."""
+    with pa.memory_map(str(path), "r") as src:
+        if src.size() == 0:
+            return hashlib.sha256(b"").hexdigest()
+        return hashlib.sha256(memoryview(src.read_buffer())).hexdigest()
+
+
+def read_listed(folder: Path, entry: dict[str, Any], *, verify: bool = True) -> Iterator[pa.RecordBatch]:
+    """The batches of one file a manifest lists (``entry``: name, bytes, rows, sha256), checked as it is read.
+
+    Before the first batch: present, the listed size, and (``verify``) the listed sha256. After the last
+    batch: the listed row count (a stream cut at a batch boundary reads without error, with fewer rows). Any
+    mismatch raises ``ShardError`` naming the file; nothing of an altered file reaches the caller.
+    """
+    path = Path(folder) / entry["name"]
+    if not path.is_file() or path.stat().st_size != entry["bytes"]:
+        raise ShardError(f"{path}: missing or size differs from {MANIFEST}; run corpusforge validate")
+    if verify and _mapped_sha256(path) != entry["sha256"]:
+        raise ShardError(f"{path}: sha256 differs from {MANIFEST} (altered); run corpusforge validate")
+    rows = 0
+    for batch in _raw_batches(path):
+        rows += batch.num_rows
+        yield batch
+    if rows != entry["rows"]:
+        raise ShardError(f"{path}: {rows} rows, {MANIFEST} says {entry['rows']}; run corpusforge validate")
+
+
+def listed_entry(path: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The manifest entry of ``path`` (its folder's manifest, or its parent's for ``train/…`` token shards)."""
+    path = Path(path)
+    for folder in (path.parent, path.parent.parent):
+        manifest = folder / MANIFEST
+        if manifest.is_file():
+            st = manifest.stat()
+            entries = _entries(str(folder), st.st_mtime_ns, st.st_size)
+            entry = entries.get(path.relative_to(folder).as_posix())
+            if entry is not None:
+                return folder, entry
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _entries(folder: str, _mtime_ns: int, _size: int) -> dict[str, dict[str, Any]]:
+    # Keyed by the manifest's mtime and size too: a rewritten manifest is read again.
+    return {f["name"]: f for f in load_manifest(Path(folder)).get("files", [])}
+
+
+def iter_batches(path: Path, *, verify: bool = True) -> Iterator[pa.RecordBatch]:
+    """The record batches of a shard: the one reader of every shard in the package. A file that a manifest
+    lists is checked against its entry as it is read (``read_listed``); readers trust nothing."""
+    listed = listed_entry(path)
+    if listed is None:
+        yield from _raw_batches(path)
+    else:
+        yield from read_listed(listed[0], listed[1], verify=verify)
+
+
 def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """A whole shard as one table (small shards: signatures, clusters); ``ShardError`` if unreadable."""
+    """A whole shard as one table (small shards: signatures, clusters); checked like ``iter_batches``."""
     batches = list(iter_batches(path))
     if not batches:
         with pa.memory_map(str(path), "r") as src:  # an empty file or stream still has a schema
@@ -333,33 +392,14 @@ def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
 
 
 def iter_documents(paths: Iterable[Path], *, columns: list[str] | None = None) -> Iterator[Document]:
-    """Stream documents from shards batch by batch (never the whole stream in memory)."""
+    """Stream documents from shards batch by batch (never the whole stream in memory), each file checked
+    against its manifest (size, sha256, rows) as it is read."""
     for path in paths:
         for batch in iter_batches(path):
             if columns:
                 batch = batch.select([c for c in columns if c in batch.schema.names])
             for row in batch.to_pylist():
                 yield Document.from_row(row)
-
-
-def read_listed(folder: Path, entry: dict[str, Any], *, verify: bool = False) -> Iterator[pa.RecordBatch]:
-    """The batches of one file a manifest lists (``entry``: name, bytes, rows, sha256), checked as it is read.
-
-    Before reading: present, with the listed size. After the last batch: the listed row count (a stream cut
-    at a batch boundary reads without error, with fewer rows). ``verify``: its sha256 too, first (one pass).
-    Any mismatch raises ``ShardError`` naming the file.
-    """
-    path = Path(folder) / entry["name"]
-    if not path.is_file() or path.stat().st_size != entry["bytes"]:
-        raise ShardError(f"{path}: missing or size differs from {MANIFEST}; run corpusforge validate")
-    if verify and sha256_file(path) != entry["sha256"]:
-        raise ShardError(f"{path}: sha256 differs from {MANIFEST} (altered); run corpusforge validate")
-    rows = 0
-    for batch in iter_batches(path):
-        rows += batch.num_rows
-        yield batch
-    if rows != entry["rows"]:
-        raise ShardError(f"{path}: {rows} rows, {MANIFEST} says {entry['rows']}; run corpusforge validate")
 
 
 # --------------------------------------------------------------------------------------------------- manifests
@@ -396,7 +436,7 @@ def manifest_paths(folder: Path) -> list[Path]:
 
 
 def count_rows(path: Path) -> int:
-    return sum(b.num_rows for b in iter_batches(path))
+    return sum(b.num_rows for b in _raw_batches(path))
 
 
 def validate_folder(folder: Path, *, deep: bool = True) -> list[str]:

@@ -12,8 +12,7 @@ import pytest
 from corpusforge.errors import BAD_CONFIG, DONE, FAILED, LOCKED, PARTIAL, ConfigError, LockedError
 from corpusforge.recipe import validate_recipe
 from corpusforge.runner import run_recipe
-from corpusforge.storage import workdir_lock
-from corpusforge.storage import validate_folder
+from corpusforge.storage import validate_folder, workdir_lock
 from tests.conftest import cli_env
 
 RECIPE = """
@@ -305,3 +304,39 @@ def test_unusable_workdir_fails_before_anything_runs(tmp_path):
     blocker.write_text("not a folder")
     out = _cli("run", str(_recipe(tmp_path, docs=10)), "--workdir", str(blocker / "w"), cwd=tmp_path)
     assert out.returncode == FAILED and "cannot create the work folder" in out.stderr
+
+
+def _flip_a_text_byte(shard: Path) -> None:
+    data = bytearray(shard.read_bytes())
+    at = data.index(b"alpha")
+    data[at] = ord("A")  # same size, still valid Arrow: only the sha256 can tell
+    shard.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_a_finished_stage_stops_every_later_reader(tmp_path):
+    from corpusforge.errors import ShardError
+    from corpusforge.storage import iter_documents, manifest_paths
+
+    raw = _raw(tmp_path / "w", workers=1)
+    raw["stages"].append({"kind": "exact_dedup", "name": "dedup"})
+    assert run_recipe(validate_recipe(raw)).status == DONE
+    clean = tmp_path / "w" / "clean"
+    _flip_a_text_byte(clean / "00000.arrow")
+    with pytest.raises(ShardError, match=r"clean/00000\.arrow: sha256 differs"):
+        list(iter_documents(manifest_paths(clean)))
+    # dedup rebuilt (changed config, --force): clean is skipped (sizes match) and dedup reads it: refused.
+    raw["stages"][2]["max_shard_bytes"] = 1 << 20
+    res = run_recipe(validate_recipe(raw), force=True)
+    assert res.status == FAILED and "clean/00000.arrow: sha256 differs" in res.message, res.message
+    assert not (tmp_path / "w" / "dedup" / "manifest.json").exists()
+
+
+def test_a_truncated_file_in_a_skipped_stage_is_caught_before_later_stages_trust_it(tmp_path):
+    from corpusforge.errors import ShardError
+
+    raw = _raw(tmp_path / "w", workers=1)
+    assert run_recipe(validate_recipe(raw)).status == DONE
+    shard = tmp_path / "w" / "test_source" / "00000.arrow"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(ShardError, match=r"stage test_source is finished but its folder changed since.*00000\.arrow"):
+        run_recipe(validate_recipe(raw))

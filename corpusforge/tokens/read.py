@@ -44,16 +44,16 @@ def expect_tokens_folder(folder: Path) -> dict[str, Any]:
     )
 
 
-def _split_batches(tokens_dir: Path, split: str, *, verify: bool = False) -> Iterator[pa.RecordBatch]:
+def _split_batches(tokens_dir: Path, split: str, *, verify: bool = True) -> Iterator[pa.RecordBatch]:
     """The record batches of ``split``'s shards in manifest order, each file checked against the manifest
-    as it is read (``storage.read_listed``: size, row count; sha256 with ``verify``)."""
+    as it is read (``storage.read_listed``: size, row count, and sha256 unless ``verify`` is False)."""
     manifest = load_manifest(tokens_dir)
     for entry in manifest["files"]:
         if entry["name"].startswith(f"{split}/"):
             yield from read_listed(tokens_dir, entry, verify=verify)
 
 
-def token_arrays(tokens_dir: Path, split: str = "train", *, verify: bool = False) -> list[np.ndarray]:
+def token_arrays(tokens_dir: Path, split: str = "train", *, verify: bool = True) -> list[np.ndarray]:
     """Zero-copy 1-D views of the flat token stream of each record batch of ``split``'s shards.
 
     Files are checked against the manifest (presence, size, row count; sha256 with ``verify``) first; a
