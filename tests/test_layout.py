@@ -135,3 +135,11 @@ def test_functions_and_modules_stay_small(path):
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert long == []
+
+
+def test_python_dash_m_corpusforge_is_the_command_line():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "corpusforge", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "run" in out.stdout and "export-nanogpt" in out.stdout, out.stderr
