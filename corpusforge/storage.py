@@ -16,7 +16,9 @@ import json
 import logging
 import os
 import platform
+import secrets
 import shutil
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,8 +100,9 @@ def commit_temp_dir(tmp: Path, final: Path) -> None:
 
 
 def temp_path(final: Path) -> Path:
-    """Where ``final`` is written until it is complete (``clean_temp_files`` removes leftovers)."""
-    return final.with_name(final.name + TMP_SUFFIX)
+    """Where ``final`` is written until it is complete: a name of this attempt alone (process id and a random
+    part), so an attempt never renames another attempt's temp file. ``clean_temp_files`` removes leftovers."""
+    return final.with_name(f"{final.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -160,7 +163,9 @@ def workdir_lock(workdir: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``<workdir>/.lock``; released by the kernel even after ``kill -9``.
 
     A run folder (the runner) and a training folder (``corpusforge train``) are each locked this way: a second
-    run on the same folder raises ``LockedError`` at once (exit 3).
+    run on the same folder raises ``LockedError`` at once (exit 3). Worker processes hold the folder too
+    (``hold_workers_lock``): after a ``kill -9`` of a run, the next one waits (bounded) until the old run's
+    workers are gone, so nothing of the old run still writes while it runs.
     """
     path = workdir / ".lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -173,11 +178,62 @@ def workdir_lock(workdir: Path) -> Iterator[None]:
                 f"{workdir} is locked by another corpusforge run (pid {holder or '?'}); "
                 "wait for it to finish, or check for a stuck process"
             ) from None
+        alive = wait_for_old_workers(workdir)
+        if alive:
+            raise LockedError(
+                f"worker processes of an earlier run on {workdir} are still alive (pids {alive or '?'}); "
+                "they end with the run that started them: wait, or kill them"
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+WORKERS_LOCK = ".workers.lock"
+_HELD: list[int] = []  # a worker's lock descriptor, open for the life of the process
+
+
+def hold_workers_lock(workdir: Path) -> None:
+    """Take a shared lock on the work folder's worker lock for the life of this process."""
+    fd = os.open(Path(workdir) / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _HELD.append(fd)
+
+
+def wait_for_old_workers(workdir: Path, timeout_s: float = 10.0) -> list[int]:
+    """Wait until no worker of an earlier run holds ``workdir``; [] then, else the pids still holding it."""
+    fd = os.open(Path(workdir) / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return []
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return _holders(Path(workdir) / WORKERS_LOCK)
+                time.sleep(0.05)
+    finally:
+        os.close(fd)
+
+
+def _holders(path: Path) -> list[int]:
+    """Pids with ``path`` open (for the error message; best effort)."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        return []
+    pids = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if any(f.path == str(path.resolve()) for f in proc.open_files()):
+                pids.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return pids
 
 
 # --------------------------------------------------------------------------------------------------- writing

@@ -340,3 +340,59 @@ def test_a_truncated_file_in_a_skipped_stage_is_caught_before_later_stages_trust
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(ShardError, match=r"stage test_source is finished but its folder changed since.*00000\.arrow"):
         run_recipe(validate_recipe(raw))
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _alive(pids: list[int]) -> list[int]:
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+@pytest.mark.slow
+def test_kill_minus_9_of_only_the_main_process_leaves_no_worker_and_the_rerun_matches(tmp_path):
+    """RELIABILITY 55: the workers die with the main process and hold the folder until then; an immediate
+    rerun gives the uninterrupted run's manifests."""
+    recipe = _recipe(tmp_path, docs=240, sleep=0.01)
+    straight = _cli("run", str(recipe), "--workdir", "straight", cwd=tmp_path)
+    assert straight.returncode == DONE, straight.stderr
+    main = subprocess.Popen(
+        [sys.executable, "-m", "corpusforge.cli", "run", str(recipe), "--workdir", "w"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 60
+    workers: list[int] = []
+    while time.time() < deadline and not list((tmp_path / "w" / "test_source").glob("*.tmp")):
+        time.sleep(0.01)  # the pool is busy: its workers are writing the source stage's shards
+    workers = _descendants(main.pid)
+    assert len(workers) >= 2, "the pool never started"
+    os.kill(main.pid, 9)  # only the main process: no process group kill
+    main.wait(timeout=30)
+    rerun = _cli("run", str(recipe), "--workdir", "w", cwd=tmp_path)  # at once
+    assert rerun.returncode == DONE, rerun.stderr
+    for _ in range(100):  # the old run's workers (and multiprocessing's resource tracker) are gone
+        if not _alive(workers):
+            break
+        time.sleep(0.1)
+    assert _alive(workers) == []
+    for stage in ("test_source", "clean"):
+        assert _hashes(tmp_path / "straight", stage) == _hashes(tmp_path / "w", stage)
+    assert validate_folder(tmp_path / "w" / "clean") == []

@@ -1,7 +1,8 @@
 """The local executor: a stage's pending tasks in this process (one worker, or a stage that must stay here)
 or in a pool of spawned worker processes.
 
-Workers ignore SIGINT (the parent decides) and turn SIGTERM into the cooperative stop flag. A worker that
+Workers ignore SIGINT (the parent decides), turn SIGTERM into the cooperative stop flag, die with the main
+process (``lifetime.die_with_parent``) and hold the work folder while they live (``storage.hold_workers_lock``). A worker that
 dies takes the pool with it (``BrokenProcessPool``): the tasks without a completion marker are counted as
 one more attempt each (``WorkerDied``) and run again in a fresh pool.
 """
@@ -16,11 +17,14 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from corpusforge.errors import CorpusforgeError
+from corpusforge.executors.lifetime import die_with_parent
 from corpusforge.executors.policy import Action, WorkerDied, decide, describe
 from corpusforge.stage import STOP, Stage, StageContext, execute_task, marker_path
+from corpusforge.storage import hold_workers_lock
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +67,12 @@ class _Settler:
         return False
 
 
-def _worker_init() -> None:
+def _worker_init(run_dir: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: STOP.set())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    die_with_parent()  # a kill -9 of the main process ends its workers too
+    hold_workers_lock(Path(run_dir))  # and a rerun waits for them to be gone
 
 
 def run_tasks(
@@ -121,7 +127,8 @@ def _run_pool(
     on_done: Callable[[int], None],
 ) -> None:
     spawn = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=_worker_init) as ex:
+    init = (str(ctx.run_dir),)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=_worker_init, initargs=init) as ex:
         futures: dict[Future[dict[str, Any]], int] = {ex.submit(execute_task, stage, ctx, r): r for r in queue}
         while futures:
             done, _ = wait(futures, return_when=FIRST_COMPLETED)

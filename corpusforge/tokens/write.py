@@ -40,6 +40,7 @@ import pyarrow.ipc as ipc
 
 from corpusforge.document import Document
 from corpusforge.errors import ConfigError, FatalError
+from corpusforge.executors.lifetime import die_with_parent
 from corpusforge.stats import StepStats
 from corpusforge.storage import (
     atomic_write_json,
@@ -118,6 +119,7 @@ class _SplitWriter:
         self.tokens = self.docs = 0
         self._writer: Any = None
         self._sink: Any = None
+        self._tmp = Path()  # this attempt's temp file of the shard being written
         self._file_tokens = self._file_rows = 0
 
     def _path(self) -> Path:
@@ -129,7 +131,8 @@ class _SplitWriter:
             return
         if self._writer is None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._sink = pa.OSFile(str(temp_path(self._path())), "wb")
+            self._tmp = temp_path(self._path())
+            self._sink = pa.OSFile(str(self._tmp), "wb")
             self._writer = ipc.new_stream(self._sink, self.schema)
         # Zero-copy: the numpy buffers become the Arrow list column's offsets and values as they are.
         arr = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32, copy=False)), pa.array(values))
@@ -159,7 +162,7 @@ class _SplitWriter:
             self._sink.close()
         except OSError as exc:
             raise FatalError(f"cannot finish token shard {final}: {exc}. Check free space.") from exc
-        commit_temp(temp_path(final), final)
+        commit_temp(self._tmp, final)
         name = f"{self.folder.name}/{final.name}"
         self.files.append(file_record(final, name=name, rows=self._file_rows, tokens=self._file_tokens))
         self._writer = None
@@ -176,7 +179,7 @@ class _SplitWriter:
                 self._sink.close()
             except Exception:  # noqa: BLE001 - best effort on an already failing path
                 pass
-            temp_path(self._path()).unlink(missing_ok=True)
+            self._tmp.unlink(missing_ok=True)
             self._writer = None
         for f in self.files:
             (self.folder.parent / f["name"]).unlink(missing_ok=True)
@@ -219,11 +222,13 @@ _WORKER: dict[str, _EncodeJob] = {}
 
 
 def _worker_init(tokenizer_json: str, eot: int, dtype: str, verify_every: int) -> None:
+    die_with_parent()  # an encoder outlives neither its task nor a kill -9 of the run
     _WORKER["job"] = _EncodeJob(tokenizer_json, eot, dtype, verify_every)
 
 
 def _worker_init_forked(job: _EncodeJob) -> None:
     """fork: the parent's seeded encoder, inherited as it is (no tokenizer to parse, no table to rebuild)."""
+    die_with_parent()
     _WORKER["job"] = job
 
 

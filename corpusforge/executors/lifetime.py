@@ -1,0 +1,39 @@
+"""Worker processes live no longer than the process that started them.
+
+``kill -9`` of the main process gives its workers no chance to clean up: left alone they go on writing into
+the work folder, and a rerun that takes the (now free) lock races them. So every worker asks the kernel to
+kill it when its parent dies (Linux ``PR_SET_PDEATHSIG``), and also watches its parent pid from a thread
+(other platforms, and a parent that died before the request took effect). While it lives it also holds the
+work folder (``storage.hold_workers_lock``), so a rerun waits for it to be gone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(poll_s: float = 0.5) -> None:
+    """End this process (SIGKILL) as soon as the process that started it ends, however it ends."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc symbol: the watchdog below still works
+            pass
+    if os.getppid() != parent:  # the parent died before the request: nobody is left to wait for us
+        os._exit(137)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(137)
+
+    threading.Thread(target=watch, name="corpusforge-parent-watch", daemon=True).start()
