@@ -47,12 +47,13 @@ from corpusforge.executors.local import run_tasks
 from corpusforge.plan import PlanEntry, make_plan, stage_dirs
 from corpusforge.recipe import Recipe
 from corpusforge.stage import STOP, StageContext, TaskResult, marker_path
-from corpusforge.stats import StepStats, merge_step_lists
+from corpusforge.stats import StepStats, merge_dropped, merge_step_lists
 from corpusforge.storage import (
     MANIFEST,
     atomic_write_bytes,
     atomic_write_json,
     clean_temp_files,
+    load_manifest,
     validate_folder,
     workdir_lock,
     write_manifest,
@@ -246,7 +247,25 @@ class Runner:
         extra = e.stage.finalize(ctx, task_results) or {}
         config = {"stage": e.name, "kind": e.spec.kind, "params": e.spec.params, "config_hash": e.config_hash}
         out.manifest = write_manifest(e.out_dir, files, config=config, extra=extra)
+        self._warn_if_emptied(e, out.manifest, steps)
         out.steps, out.extra = steps, _sum_extra(extra_tasks) | extra
+
+    def _warn_if_emptied(self, e: PlanEntry, manifest: dict[str, Any], steps: list[dict[str, Any]]) -> None:
+        """Documents in, none out: legitimate (every document filtered), but never silent."""
+        if e.in_dir is None or manifest["rows"] or not all(f["name"].endswith(".arrow") for f in manifest["files"]):
+            return
+        try:
+            rows_in = int(load_manifest(e.in_dir).get("rows", 0))
+        except ShardError:
+            return
+        if rows_in:
+            why = merge_dropped(steps)
+            log.warning(
+                "stage %s kept 0 of %d documents (dropped: %s); the stages after it get nothing",
+                e.name,
+                rows_in,
+                ", ".join(f"{k} {v}" for k, v in why.most_common(5)) or "no reason recorded",
+            )
 
     def _load_stats(self, e: PlanEntry, out: StageOutcome) -> None:
         f = e.out_dir / "stats" / "stats.json"

@@ -56,3 +56,11 @@ def merge_step_lists(lists: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             else:
                 merged[s.name] = s
     return [s.to_dict() for s in merged.values()]
+
+
+def merge_dropped(steps: list[dict[str, Any]]) -> Counter[str]:
+    """Drop reasons summed over a stage's steps (``StepStats.to_dict()`` form)."""
+    total: Counter[str] = Counter()
+    for s in steps:
+        total.update(s.get("dropped", {}))
+    return total

@@ -5,6 +5,11 @@ None; ``Mapper.map(doc)`` returns the new document or None (dropped with ``map_f
 calls ``self._reject(doc, reason)`` with its own reason first). The base classes do the counting, so every step reports
 input, output and dropped-by-reason, and a filter can keep its rejects in ``rejected/`` with the reason.
 
+A step that cannot work must not look like one that filtered everything: ``_error(doc, reason, exc)`` drops a
+document the step *failed* on (an exception, not a judgement), and when more than half of the first
+``ERROR_BOUND_DOCS`` documents fail (or of all of them, in a shorter stream) the task stops with a
+``TaskError`` naming the step, the count and the last error, instead of sealing an empty output.
+
 A plain function ``f(docs, rank, world_size) -> docs`` can be a step too: ``FunctionStep`` wraps it and
 counts what went in and out (drops counted as ``dropped``).
 """
@@ -15,7 +20,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from corpusforge.document import Document
+from corpusforge.errors import TaskError
 from corpusforge.stats import StepStats
+
+ERROR_BOUND_DOCS = 50
 
 
 @runtime_checkable
@@ -32,6 +40,8 @@ class Step:
         self.stats = StepStats(self.name)
         # A callable(doc, reason) set by the runner when rejected documents are kept on disk.
         self.on_reject: Callable[[Document, str], None] | None = None
+        self._errors = 0  # documents the step failed on among the first ERROR_BOUND_DOCS
+        self._last_error: tuple[str, BaseException] | None = None
 
     def run(self, docs: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         for doc in docs:
@@ -43,6 +53,25 @@ class Step:
         self.stats.drop(reason)
         if self.on_reject is not None:
             self.on_reject(doc, f"{self.name}:{reason}")
+
+    def _error(self, doc: Document, reason: str, exc: BaseException) -> None:
+        """Drop a document the step failed on, and count it towards the error bound."""
+        if self.stats.input <= ERROR_BOUND_DOCS:
+            self._errors += 1
+        self._last_error = (reason, exc)
+        self._reject(doc, reason)
+
+    def _check_errors(self, *, end: bool = False) -> None:
+        """After the ``ERROR_BOUND_DOCS``-th document (or at the end of a shorter stream): more than half of
+        them failed → ``TaskError``. Called by the base classes' ``run``."""
+        seen = min(self.stats.input, ERROR_BOUND_DOCS)
+        if not (seen == ERROR_BOUND_DOCS or end) or self._errors * 2 <= seen or self._last_error is None:
+            return
+        reason, exc = self._last_error
+        raise TaskError(
+            f"step {self.name!r} failed on {self._errors} of the first {seen} documents ({reason}); last error: "
+            f"{type(exc).__name__}: {exc}. This step cannot work here: fix the cause and rerun"
+        )
 
 
 class Filter(Step):
@@ -77,12 +106,16 @@ class Mapper(Step):
             self.stats.input += 1
             before = sum(self.stats.dropped.values())
             out = self.map(doc)
+            if self.stats.input == ERROR_BOUND_DOCS:
+                self._check_errors()
             if out is None:
                 if sum(self.stats.dropped.values()) == before:  # the mapper gave no reason of its own
                     self._reject(doc, "map_failed")
                 continue
             self.stats.output += 1
             yield out
+        if self.stats.input < ERROR_BOUND_DOCS:
+            self._check_errors(end=True)
 
 
 class FunctionStep(Step):

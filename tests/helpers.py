@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Annotated, ClassVar
@@ -74,8 +75,46 @@ def every_nth(docs, rank, world_size, *, n: Annotated[int, Min(1)] = 2):
             yield d
 
 
+class WarnOnce(Filter):
+    """Keeps everything; logs one warning per task (to see that worker warnings reach the console)."""
+
+    name: ClassVar[str] = "test_warn_once"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warned = False
+
+    def reject(self, doc: Document) -> str | None:
+        if not self.warned:
+            self.warned = True
+            logging.getLogger("corpusforge.tests").warning("test warning from worker pid %d", os.getpid())
+        return None
+
+
+class _BlockImports:
+    """A meta-path finder that makes the named modules fail to import, like a broken install."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+
+    def find_spec(self, name, path=None, target=None):  # noqa: ANN001 - the importlib protocol
+        if name.split(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+
+
+# CORPUSFORGE_TEST_BLOCK_IMPORT=a,b: those modules cannot be imported in any process that loads this plugin.
+if os.environ.get("CORPUSFORGE_TEST_BLOCK_IMPORT"):
+    import sys
+
+    _blocked = set(os.environ["CORPUSFORGE_TEST_BLOCK_IMPORT"].split(","))
+    for _name in [m for m in sys.modules if m.split(".")[0] in _blocked]:
+        del sys.modules[_name]
+    sys.meta_path.insert(0, _BlockImports(_blocked))
+
 STAGES.add("test_source", SourceStage)
 STEPS.add("test_every_nth", every_nth)
+STEPS.add("test_warn_once", WarnOnce)
 STEPS.add("test_min_words", MinWords)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -4,7 +4,8 @@ Extractors: ``trafilatura`` (default; precision-oriented main-content extraction
 script/style/nav/header/footer/aside/form and joins block elements with blank lines) and ``selectors``
 (the spider's CSS/XPath selectors; a crawled document carries them in ``metadata["selectors"]``).
 Failures are counted with a reason (``extract_empty``, ``extract_too_large``, ``extract_error``,
-``extract_timeout``, ``extract_no_html``) and never stop the task. A document without HTML but with text
+``extract_timeout``, ``extract_no_html``); a page never stops the task, but an extractor that cannot be
+imported does at once, and so does one that fails on most pages (``Step._error``'s bound). A document without HTML but with text
 (JSONL input) passes through unchanged.
 
 Per-page limits: ``max_html_bytes`` is checked before parsing (UTF-8 bytes), and ``timeout_s`` interrupts
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 from typing import Annotated, ClassVar, Literal, TypeVar
 
 from corpusforge.document import Document
+from corpusforge.errors import TaskError
 from corpusforge.params import Min
 from corpusforge.step import Mapper
 
@@ -104,6 +106,20 @@ def extract_trafilatura(html: str) -> str:
         html, include_comments=False, include_tables=True, favor_precision=True, deduplicate=False, with_metadata=False
     )
     return text or ""
+
+
+def _missing_module(exc: BaseException) -> str | None:
+    """The module that could not be imported, looked for down the exception chain (libraries re-raise an
+    ImportError of their own, e.g. jusText's for lxml_html_clean) and in the messages."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ModuleNotFoundError) and seen.name:
+            return seen.name.split(".")[0]
+        m = re.search(r"No module named '([\w.]+)'|\b(lxml_html_clean)\b", str(seen))
+        if m:
+            return (m.group(1) or m.group(2)).split(".")[0]
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 T = TypeVar("T")
@@ -196,9 +212,15 @@ class Extract(Mapper):
             log.warning("extraction of %s took over %s s: dropped", doc.url or doc.id, self.timeout_s)
             self._reject(doc, "extract_timeout")
             return None
-        except Exception as exc:  # noqa: BLE001 - a bad page must not kill the task
+        except ImportError as exc:  # not a bad page: the extractor cannot work at all
+            missing = _missing_module(exc) or self.extractor
+            raise TaskError(
+                f"the {self.extractor!r} extractor cannot be imported ({exc}); install what it needs: "
+                f"pip install '{missing}' (or choose extractor = \"lxml\")"
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - a bad page must not kill the task (the error bound does)
             log.debug("extract failed for %s: %s", doc.url or doc.id, exc)
-            self._reject(doc, "extract_error")
+            self._error(doc, "extract_error", exc)
             return None
         # Not interruptible off the main thread: there the limit is checked afterwards.
         if time.perf_counter() - t0 > self.timeout_s:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from corpusforge.errors import ConfigError
+from corpusforge.stats import merge_dropped
 
 DEMO_PORT = 18731  # a fixed port keeps the crawl config (its seed URL) stable across reruns; any free one works
 
@@ -92,11 +93,7 @@ def summary_rows(result: Any, *, site_pages: int, requests_seen: int) -> list[tu
     for o in result.stages:
         if o.kind in ("process", "exact_dedup", "minhash_dedup") and o.steps and "." not in o.name:
             n_in, n_out = o.steps[0]["input"], o.steps[-1]["output"]
-            why: dict[str, int] = {}
-            for s in o.steps:
-                for k, v in s["dropped"].items():
-                    why[k] = why.get(k, 0) + v
-            reasons = ", ".join(f"{k} {v}" for k, v in sorted(why.items(), key=lambda kv: -kv[1])) or "-"
+            reasons = ", ".join(f"{k} {v}" for k, v in merge_dropped(o.steps).most_common()) or "-"
             rows.append((f"{o.name}: documents in → kept", f"{n_in} → {n_out}   (dropped: {reasons})"))
     tok = _stage(result, "tokenizer")
     if tok and tok.manifest:

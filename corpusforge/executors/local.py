@@ -67,12 +67,23 @@ class _Settler:
         return False
 
 
-def _worker_init(run_dir: str) -> None:
+def _worker_init(run_dir: str, log_level: int) -> None:
+    _log_to_stderr(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: STOP.set())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     die_with_parent()  # a kill -9 of the main process ends its workers too
     hold_workers_lock(Path(run_dir))  # and a rerun waits for them to be gone
+
+
+def _log_to_stderr(level: int) -> None:
+    """Worker warnings and errors to stderr (the console the run was started from), tagged with the worker."""
+    handler = logging.StreamHandler()
+    fmt = "%(asctime)s %(levelname)s %(name)s [worker %(process)d]: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%dT%H:%M:%S"))
+    logger = logging.getLogger("corpusforge")
+    logger.addHandler(handler)
+    logger.setLevel(level)
 
 
 def run_tasks(
@@ -127,7 +138,9 @@ def _run_pool(
     on_done: Callable[[int], None],
 ) -> None:
     spawn = mp.get_context("spawn")
-    init = (str(ctx.run_dir),)
+    # A spawned worker starts with no logging set up: its warnings and errors would vanish.
+    level = max(logging.getLogger("corpusforge").getEffectiveLevel(), logging.WARNING)
+    init = (str(ctx.run_dir), level)
     with ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=_worker_init, initargs=init) as ex:
         futures: dict[Future[dict[str, Any]], int] = {ex.submit(execute_task, stage, ctx, r): r for r in queue}
         while futures:

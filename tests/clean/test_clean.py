@@ -4,6 +4,7 @@ documents land in ``rejected/`` with their reason (RELIABILITY items 18–19).""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections import Counter
@@ -221,3 +222,93 @@ def test_clean_stage_output_does_not_depend_on_workers(tmp_path):
         return sorted((d.id, d.text) for d in iter_documents(manifest_paths(tmp_path / name / "clean")))
 
     assert kept("w1", 1) == kept("w2", 2)
+
+
+# ------------------------------------------------------------------------ a step that cannot work is not hidden
+def _cli(*args, cwd, env=None):
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env
+
+    cmd = [sys.executable, "-m", "corpusforge.cli", *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, env=cli_env() | (env or {}), capture_output=True, text=True, timeout=180)
+
+
+def _html_recipe(tmp_path, steps: list[dict], workers: int = 1):
+    import tomli_w
+
+    pages = tmp_path / "pages"
+    pages.mkdir(exist_ok=True)
+    for i in range(6):
+        (pages / f"p{i}.html").write_text(page(f"<p>{PARAS[i % len(PARAS)]}</p><p>{PARAS[(i + 1) % len(PARAS)]}</p>"))
+    recipe = {
+        "name": "h",
+        "workers": workers,
+        "stages": [
+            {"kind": "read_html", "name": "input", "path": str(pages), "tasks": 2},
+            {"kind": "process", "name": "clean", "tasks": 2, "steps": steps},
+        ],
+    }
+    (tmp_path / "r.toml").write_text(tomli_w.dumps(recipe))
+    return tmp_path / "r.toml"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_extractor_that_cannot_import_fails_with_the_fix_and_the_rerun_recovers(tmp_path, workers):
+    """jusText (under trafilatura) without lxml_html_clean: before, every page became extract_error and the clean
+    stage was sealed with 0 documents. Now the task fails at once, saying what to install, visible without -v."""
+    recipe = _html_recipe(tmp_path, [{"type": "extract", "extractor": "trafilatura"}], workers=workers)
+    broken = _cli(
+        "run", recipe, "--workdir", "w", cwd=tmp_path, env={"CORPUSFORGE_TEST_BLOCK_IMPORT": "lxml_html_clean"}
+    )
+    assert broken.returncode == 1, broken.stderr
+    assert "cannot be imported" in broken.stderr and "pip install 'lxml_html_clean'" in broken.stderr
+    assert not (tmp_path / "w" / "clean" / "manifest.json").exists()
+    fixed = _cli("run", recipe, "--workdir", "w", cwd=tmp_path)
+    assert fixed.returncode == DONE, fixed.stderr
+    assert json.loads((tmp_path / "w" / "clean" / "manifest.json").read_text())["rows"] == 6
+
+
+def test_the_hostile_pages_fail_loudly_when_the_extractor_cannot_import(monkeypatch):
+    import sys
+
+    from corpusforge.errors import TaskError
+
+    monkeypatch.setitem(sys.modules, "trafilatura", None)  # `import trafilatura` now raises ImportError
+    with pytest.raises(TaskError, match="'trafilatura' extractor cannot be imported"):
+        list(Extract(extractor="trafilatura").run([hdoc(0, "<div>" * 100 + "deep")]))
+
+
+def test_an_error_on_most_documents_stops_the_task(monkeypatch):
+    from corpusforge.errors import TaskError
+
+    real = extract_mod.extract_lxml
+
+    def broken(html: str) -> str:
+        if "BROKEN" in html:
+            raise ValueError("parser exploded")
+        return real(html)
+
+    monkeypatch.setattr(extract_mod, "extract_lxml", broken)
+    bad = [hdoc(i, page(f"<p>BROKEN {PARAS[0]}</p>")) for i in range(80)]
+    good = [hdoc(100 + i, page(f"<p>{PARAS[0]}</p>")) for i in range(80)]
+    with pytest.raises(TaskError, match=r"failed on 50 of the first 50 documents \(extract_error\).*parser exploded"):
+        list(Extract(extractor="lxml").run(bad))
+    with pytest.raises(TaskError, match="failed on 3 of the first 4"):  # a short stream: judged at its end
+        list(Extract(extractor="lxml").run(bad[:3] + good[:1]))
+    mixed = [d for pair in zip(bad[:25], good[:55], strict=False) for d in pair] + good[25:]  # 25 of the first 50
+    assert len(list(Extract(extractor="lxml").run(mixed))) == len(mixed) - 25  # half is not more than half
+
+
+def test_worker_warnings_reach_the_console_and_an_emptied_stage_is_not_silent(tmp_path):
+    recipe = _html_recipe(tmp_path, [{"type": "extract", "extractor": "lxml"}, {"type": "test_warn_once"}], workers=2)
+    out = _cli("run", recipe, "--workdir", "w", cwd=tmp_path)
+    assert out.returncode == DONE, out.stderr
+    assert out.stderr.count("test warning from worker") == 2, out.stderr  # one per task, from the spawned workers
+    recipe = _html_recipe(
+        tmp_path, [{"type": "extract", "extractor": "lxml"}, {"type": "test_min_words", "min_words": 10**6}]
+    )
+    out = _cli("run", recipe, "--workdir", "w2", cwd=tmp_path)
+    assert out.returncode == DONE, out.stderr
+    assert "stage clean kept 0 of 6 documents (dropped: too_short 6)" in out.stderr, out.stderr
