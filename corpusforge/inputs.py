@@ -16,6 +16,7 @@ than its ``Content-Length``, or a last JSONL line without its newline that is no
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import zlib
@@ -73,6 +74,19 @@ class _LocalStage(Stage):
             raise ConfigError(
                 f"no input files matching {', '.join(self.patterns)} under {self.path!r}", path=f"{path}.path"
             )
+
+    def config(self) -> dict[str, Any]:
+        """The parameters, and a digest of the input files' names, sizes and modification times: a file
+        changed under the same path makes the stage's config differ, refused like any change unless forced."""
+        listing = []
+        root = Path(self.path)
+        for f in self.files():
+            st = f.stat()
+            rel = f.relative_to(root).as_posix() if root.is_dir() else f.name
+            listing.append((rel, st.st_size, st.st_mtime_ns))
+        digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+        params = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "truncated"}
+        return params | {"inputs": digest, "input_files": len(listing)}
 
     def files(self) -> list[Path]:
         p = Path(self.path)

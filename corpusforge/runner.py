@@ -140,23 +140,40 @@ class Runner:
     def check_configs(self) -> None:
         """Refuse stage folders made with a different config, unless forced (then rebuild from there on)."""
         first_changed: int | None = None
+        old: dict[str, Any] = {}
         for i, e in enumerate(self.plan):
             if e.external:
                 continue
             f = e.out_dir / STAGE_FILE
             if not f.is_file():
                 continue
-            old = json.loads(f.read_text()).get("config_hash")
-            if old != e.config_hash:
+            old = json.loads(f.read_text())
+            if old.get("config_hash") != e.config_hash:
                 first_changed = i
                 break
         if first_changed is None:
             return
         e = self.plan[first_changed]
         if not self.force:
+            before, now = old.get("config") or {}, e.stage.config()
+            if (
+                "inputs" in now
+                and before.get("inputs") != now["inputs"]
+                and {**before, "inputs": None}
+                == {
+                    **now,
+                    "inputs": None,
+                }
+            ):
+                what = (
+                    f"the input files of stage {e.name!r} changed since it ran "
+                    f"({before.get('input_files', '?')} file(s) then, {now.get('input_files', '?')} now, "
+                    "or a size or modification time differs)"
+                )
+            else:
+                what = f"the folder {e.out_dir} was made with a different config for stage {e.name!r}"
             raise ConfigError(
-                f"the folder {e.out_dir} was made with a different config for stage {e.name!r}. "
-                "Use another --workdir, or rerun with --force to rebuild this stage and every later one",
+                f"{what}. Use another --workdir, or rerun with --force to rebuild this stage and every later one",
                 path=e.spec.path,
             )
         for later in self.plan[first_changed:]:

@@ -152,3 +152,25 @@ def test_gzip_complete_tells_a_whole_stream_from_a_cut_one(tmp_path):
     (tmp_path / "cut1.gz").write_bytes(data[: len(data) // 3])
     assert gzip_complete(tmp_path / "ok.gz")
     assert not gzip_complete(tmp_path / "cut.gz") and not gzip_complete(tmp_path / "cut1.gz")
+
+
+def test_an_input_file_changed_under_the_same_path_is_refused_unless_forced(tmp_path):
+    import os
+
+    from corpusforge.errors import ConfigError
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"r{i}", "text": f"row {i}"}) + "\n" for i in range(3)))
+    raw = {"name": "t", "workdir": str(tmp_path / "w"), "stages": [{"kind": "read_jsonl", "path": str(src)}]}
+    assert run_recipe(validate_recipe(raw)).status == DONE
+    assert run_recipe(validate_recipe(raw)).status == DONE  # unchanged: a no-op
+    with open(src, "a") as fh:
+        fh.write(json.dumps({"id": "r3", "text": "row 3"}) + "\n")
+    with pytest.raises(ConfigError, match="input files of stage 'read_jsonl' changed since it ran.*--force"):
+        run_recipe(validate_recipe(raw))
+    res = run_recipe(validate_recipe(raw), force=True)
+    assert res.status == DONE and res.stages[0].manifest["rows"] == 4
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same bytes, touched: also a change
+    with pytest.raises(ConfigError, match="changed since it ran"):
+        run_recipe(validate_recipe(raw))
