@@ -1,12 +1,15 @@
 """What the CLI shows: logging set-up, progress (bars on a terminal, plain lines otherwise), summary tables.
 
 On a terminal, progress is a Rich bar per stage. When stdout is not a TTY (cron, systemd, CI) there are no
-control characters: plain, timestamped log lines, and a heartbeat line every ``heartbeat_s`` seconds.
+control characters: plain, timestamped log lines, and a heartbeat line every ``heartbeat_s`` seconds
+(``CORPUSFORGE_HEARTBEAT_S``, default 30).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import sys
 import threading
 import time
@@ -14,6 +17,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from corpusforge.redact import RedactingFilter, redact_text
+from corpusforge.stats import merge_dropped
 
 log = logging.getLogger("corpusforge")
 
@@ -35,6 +41,7 @@ def setup_logging(verbose: bool = False) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    handler.addFilter(RedactingFilter())  # no credentials in any log line or traceback
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("corpusforge").setLevel(level)
@@ -110,8 +117,27 @@ class LineReporter:
         log.info("stage %s: %s", name, status)
 
 
+HEARTBEAT_ENV = "CORPUSFORGE_HEARTBEAT_S"
+
+
+def heartbeat_s() -> float:
+    """Seconds between heartbeat lines off a terminal: ``CORPUSFORGE_HEARTBEAT_S`` if set, else 30."""
+    from corpusforge.errors import ConfigError
+
+    raw = os.environ.get(HEARTBEAT_ENV, "").strip()
+    if not raw:
+        return 30.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"expected a positive number of seconds, got {raw!r}", path=HEARTBEAT_ENV)
+    return value
+
+
 def reporter() -> BarReporter | LineReporter:
-    return BarReporter() if is_tty() else LineReporter()
+    return BarReporter() if is_tty() else LineReporter(heartbeat_s())
 
 
 def _fmt_dropped(dropped: dict[str, int], top: int = 4) -> str:
@@ -131,10 +157,7 @@ def stages_table(result: Any) -> Table:
         steps = o.steps or []
         n_in = steps[0]["input"] if steps else None
         n_out = steps[-1]["output"] if steps else (o.manifest or {}).get("rows")
-        dropped: dict[str, int] = {}
-        for s in steps:
-            for k, v in s["dropped"].items():
-                dropped[k] = dropped.get(k, 0) + v
+        dropped = dict(merge_dropped(steps))
         files = len((o.manifest or {}).get("files", [])) if o.manifest else 0
         t.add_row(
             o.name,
@@ -168,7 +191,7 @@ def run_with_progress(
         console().print(stages_table(result))
     if result.message:
         if result.status != DONE:
-            print(f"corpusforge: error: {result.message}", file=sys.stderr)
+            print(f"corpusforge: error: {redact_text(result.message)}", file=sys.stderr)
         else:
             print(result.message)
     return result

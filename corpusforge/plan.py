@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from corpusforge.recipe import Recipe, StageSpec
+from corpusforge.redact import redact
 from corpusforge.registry import STAGES
 from corpusforge.stage import Stage, StageContext
 
@@ -43,7 +44,8 @@ class PlanEntry:
 
 
 def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    # Over the redacted form: a resolved recipe, where credentials read ***, is the same config.
+    return hashlib.sha256(json.dumps(redact(obj), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def make_plan(recipe: Recipe) -> list[PlanEntry]:

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 
 from corpusforge.errors import ConfigError
 from corpusforge.params import Max, Min, check_value, parse_value, schema_of, validate_kwargs
+from corpusforge.redact import redact
 from corpusforge.step import FunctionStep, Step, as_step
 
 
@@ -75,7 +76,8 @@ class Recipe:
 
     def fingerprint(self) -> str:
         """Hash of what defines the outputs (stage kinds, inputs and parameters; not workers or workdir)."""
-        blob = json.dumps([self.stage_config(s) | {"name": s.name} for s in self.stages], sort_keys=True, default=str)
+        stages = redact([self.stage_config(s) | {"name": s.name} for s in self.stages])
+        blob = json.dumps(stages, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

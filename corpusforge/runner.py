@@ -46,6 +46,7 @@ from corpusforge.errors import (
 from corpusforge.executors.local import run_tasks
 from corpusforge.plan import PlanEntry, make_plan, stage_dirs
 from corpusforge.recipe import Recipe
+from corpusforge.redact import redact
 from corpusforge.stage import STOP, StageContext, TaskResult, marker_path
 from corpusforge.stats import StepStats, merge_dropped, merge_step_lists
 from corpusforge.storage import (
@@ -184,7 +185,7 @@ class Runner:
     def write_resolved_recipe(self) -> None:
         import corpusforge
 
-        doc = dict(self.recipe.raw)
+        doc = redact(dict(self.recipe.raw))  # credentials read *** in the file (the config hash is the same)
         doc["corpusforge_version"] = corpusforge.__version__
         doc["fingerprint"] = self.recipe.fingerprint()
         data = tomli_w.dumps(_toml_safe(doc)).encode()
@@ -237,7 +238,7 @@ class Runner:
                 "config_hash": e.config_hash,
                 "kind": e.spec.kind,
                 "name": e.name,
-                "config": e.stage.config() or e.spec.params,
+                "config": redact(e.stage.config() or e.spec.params),
             }
             atomic_write_json(stage_file, record)
 
@@ -262,7 +263,8 @@ class Runner:
         atomic_write_json(e.out_dir / "stats" / "stats.json", stats)
         task_results = [TaskResult(files=r["files"], steps=r["steps"], extra=r.get("extra", {})) for r in results]
         extra = e.stage.finalize(ctx, task_results) or {}
-        config = {"stage": e.name, "kind": e.spec.kind, "params": e.spec.params, "config_hash": e.config_hash}
+        params = redact(e.spec.params)
+        config = {"stage": e.name, "kind": e.spec.kind, "params": params, "config_hash": e.config_hash}
         out.manifest = write_manifest(e.out_dir, files, config=config, extra=extra)
         self._warn_if_emptied(e, out.manifest, steps)
         out.steps, out.extra = steps, _sum_extra(extra_tasks) | extra

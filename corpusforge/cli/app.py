@@ -13,6 +13,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from corpusforge.errors import ConfigError, CorpusforgeError, DivergedError
+from corpusforge.redact import redact_text
 
 T = TypeVar("T")
 
@@ -39,7 +40,7 @@ _PREFIX: dict[type[CorpusforgeError], str] = {ConfigError: "bad config: ", Diver
 
 
 def err(msg: str) -> None:
-    typer.echo(f"corpusforge: error: {msg}", err=True)
+    typer.echo(f"corpusforge: error: {redact_text(msg)}", err=True)
 
 
 def guarded(fn: Callable[[], T]) -> T:

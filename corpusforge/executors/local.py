@@ -23,6 +23,7 @@ from typing import Any
 from corpusforge.errors import CorpusforgeError
 from corpusforge.executors.lifetime import die_with_parent
 from corpusforge.executors.policy import Action, WorkerDied, decide, describe
+from corpusforge.redact import RedactingFilter
 from corpusforge.stage import STOP, Stage, StageContext, execute_task, marker_path
 from corpusforge.storage import hold_workers_lock
 
@@ -81,6 +82,7 @@ def _log_to_stderr(level: int) -> None:
     handler = logging.StreamHandler()
     fmt = "%(asctime)s %(levelname)s %(name)s [worker %(process)d]: %(message)s"
     handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%dT%H:%M:%S"))
+    handler.addFilter(RedactingFilter())
     logger = logging.getLogger("corpusforge")
     logger.addHandler(handler)
     logger.setLevel(level)
