@@ -170,6 +170,7 @@ class SignaturesStage(_Sub):
                             "sig": sig_rows[k] if sig_rows is not None else [],
                         }
                     )
+                    ctx.fault_at(stats.input + k + 1)
                 stats.input += len(ids)
                 stats.output += len(ids)
                 stats.counters["no_words"] += int((~has).sum())
@@ -197,8 +198,9 @@ class BucketsStage(_Sub):
         stats.counters["candidate_pairs"] = candidates
         stats.counters["pairs"] = len(named)
         with ShardWriter(ctx.out_dir, f"{rank:05d}", schema=schema, batch_rows=8192) as w:
-            for x, y in named:
+            for n, (x, y) in enumerate(named, 1):
                 w.write_row({"a": x, "b": y})
+                ctx.fault_at(n)
         return TaskResult(files=w.files, steps=[stats.to_dict()], extra={"candidate_pairs": candidates})
 
     def _exact_jaccard(self, ctx: StageContext, ids: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -266,8 +268,9 @@ class ClustersStage(_Sub):
             extra["indexed_matches"] = int(hit.sum())
         schema = pa.schema([("id", pa.string()), ("cluster", pa.string()), ("reason", pa.string())])
         with ShardWriter(ctx.out_dir, f"{rank:05d}", schema=schema, batch_rows=8192) as w:
-            for x in sorted(rows):
+            for n, x in enumerate(sorted(rows), 1):
                 w.write_row({"id": x, "cluster": rows[x][0], "reason": rows[x][1]})
+                ctx.fault_at(n)
         clusters = len(set(root.values()))
         extra.update({"clusters": clusters, "duplicates": len(root) - clusters})
         stats = StepStats("minhash_clusters", input=len(rows), output=len(rows))

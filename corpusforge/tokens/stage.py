@@ -69,7 +69,7 @@ class TokenizerStage(Stage):
     def parallel(self) -> bool:
         return False
 
-    def _sample(self, files: list[Path], stats: StepStats) -> Iterator[str]:
+    def _sample(self, ctx: StageContext, files: list[Path], stats: StepStats) -> Iterator[str]:
         sizes: Counter[str] = Counter()
         for d in iter_documents(files, columns=["id", "text", "source"]):
             sizes[d.source] += min(len(d.text), self.max_doc_chars)
@@ -80,6 +80,7 @@ class TokenizerStage(Stage):
         taken = 0
         for d in iter_documents(files, columns=["id", "text", "source"]):
             stats.input += 1
+            ctx.fault_at(stats.input)
             if _unit(d.id) >= keep_p[d.source]:
                 stats.drop("not_sampled")
             elif taken >= hard_cap:
@@ -94,7 +95,7 @@ class TokenizerStage(Stage):
     def run_task(self, ctx: StageContext, rank: int) -> TaskResult:
         files = ctx.input_files()
         stats = StepStats("tokenizer_sample")
-        sample = self._sample(files, stats)
+        sample = self._sample(ctx, files, stats)
         first = next(sample, None)
         # Checked before training: BPE on nothing is the bare byte alphabet (useless downstream) and Unigram
         # on nothing fails inside the trainer; both get this message instead.
@@ -215,12 +216,12 @@ class TokensStage(Stage):
         cols = ["id", "text", "url", "fetched_at", "metadata"]
         files = ctx.input_files()
         if len(files) >= self.tasks:
-            yield from iter_documents([f for i, f in enumerate(files) if i % self.tasks == rank], columns=cols)
-            return
-        for i, d in enumerate(iter_documents(files, columns=cols)):
-            if i % self.tasks == rank:
-                ctx.fault_at(i)
-                yield d
+            docs = iter_documents([f for i, f in enumerate(files) if i % self.tasks == rank], columns=cols)
+        else:
+            docs = (d for i, d in enumerate(iter_documents(files, columns=cols)) if i % self.tasks == rank)
+        for n, d in enumerate(docs, 1):
+            ctx.fault_at(n)  # the task's n-th document, whichever way the input is shared
+            yield d
 
     def run_task(self, ctx: StageContext, rank: int) -> TaskResult:
         tok_path = self._tokenizer_path(ctx)

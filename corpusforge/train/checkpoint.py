@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,13 @@ def save(
     *,
     keep: int = 3,
     extra_tensors: dict[str, torch.Tensor] | None = None,
+    crash_after_weights: bool = False,
 ) -> Path:
+    """Write the checkpoint of ``step`` (temp folder, then rename); keep the newest ``keep``.
+
+    ``crash_after_weights``: a test hook (RELIABILITY item 35) that exits the process hard, as ``kill -9``
+    would, once the weights are in the temp folder and before the rest of the checkpoint is.
+    """
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -80,6 +87,8 @@ def save(
     tmp.mkdir()
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(weights, str(tmp / "model.safetensors"))
+    if crash_after_weights:
+        os._exit(137)
     otensors, ometa = _optim_tensors(optimizer)
     otensors["rng.torch"] = torch.get_rng_state()
     otensors.update(extra_tensors or {})  # e.g. "rng.cuda"
@@ -107,11 +116,28 @@ def list_checkpoints(folder: Path) -> list[Path]:
     )
 
 
+# What a pickle starts with: the PROTO opcode (0x80) and protocol 2–5; torch.save writes a zip holding one.
+_PICKLE_HEADS = tuple(bytes([0x80, p]) for p in range(2, 6)) + (b"PK\x03\x04",)
+
+
+def refuse_pickle(path: Path) -> None:
+    """Raise ValueError when the tensor file ``path`` is a pickle, from its first bytes (never unpickled)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith(_PICKLE_HEADS):
+        raise ValueError(
+            f"{path} is a Python pickle, not safetensors: refused without loading it, because unpickling can run "
+            "arbitrary code. Checkpoints hold tensors only as safetensors"
+        )
+
+
 def load_one(path: Path) -> Loaded:
     """Load and verify one checkpoint; raises ValueError when it is corrupt."""
     from safetensors.torch import load_file
 
     try:
+        for name in ("model.safetensors", "optim.safetensors"):
+            refuse_pickle(path / name)
         state = json.loads((path / "state.json").read_text())
         for name, digest in state["sha256"].items():
             if sha256_file(path / name) != digest:
@@ -120,6 +146,8 @@ def load_one(path: Path) -> Loaded:
         optim = load_file(str(path / "optim.safetensors"))
     except (OSError, KeyError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: unreadable checkpoint ({exc})") from exc
+    except ValueError:  # ours: a pickle, a sha256 mismatch; already says where and what
+        raise
     except Exception as exc:  # safetensors raises its own error types on a bad header
         raise ValueError(f"{path}: unreadable checkpoint ({exc})") from exc
     return Loaded(path, state, model, optim)

@@ -123,8 +123,9 @@ class Run:
         self.flops_per_iter = self.model.flops_per_token() * self.tokens_per_iter
         # Losses of the iterations not yet read back: (step, lr, mean loss as a 0-d tensor on the device).
         self.pending: list[tuple[int, float, torch.Tensor]] = []
-        # Test hooks (RELIABILITY items 34, 38): "train:K" exits hard after iteration K; "train_nan:K" makes
-        # iteration K's loss NaN.
+        # Test hooks (RELIABILITY items 34, 35, 38): "train:K" exits hard after iteration K; "train_save:K"
+        # exits hard inside the save of the checkpoint at step K, once its weights are in the temp folder;
+        # "train_nan:K" / "train_inf:K" make iteration K's loss NaN / inf.
         self.fault = os.environ.get("CORPUSFORGE_FAULT", "")
         world = f" × {self.dist.world} processes" if self.dist.world > 1 else ""
         self.say(
@@ -173,11 +174,14 @@ class Run:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
+        poison = self._poison(self.step + 1)
         for micro in range(cfg.grad_accum):
             x, y = self.train_data.batch(cfg.batch_size, self.device)
             dist.set_grad_sync(self.run_model, micro == cfg.grad_accum - 1)
             with autocast(self.device, self.amp):
                 _, loss = self.run_model(x, y)  # 0-d: mean cross-entropy of the micro-batch, nats/token
+            if poison is not None:
+                loss = loss * poison  # through the backward pass the weights diverge too, as in a real blow-up
             self.scaler.scale(loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
         if cfg.grad_clip > 0:
@@ -189,6 +193,13 @@ class Run:
         self.step += 1
         self.pending.append((self.step, lr, loss_sum / cfg.grad_accum))
         return lr
+
+    def _poison(self, step: int) -> float | None:
+        """The NaN or inf that the test hook multiplies iteration ``step``'s loss by; None: no fault."""
+        for kind, value in (("train_nan", math.nan), ("train_inf", math.inf)):
+            if self.fault == f"{kind}:{step}":
+                return value
+        return None
 
     def write(self, step: int, **values: float) -> None:
         if self.metrics is not None:
@@ -203,8 +214,6 @@ class Run:
         vals = dist.mean_over_ranks(torch.stack([p[2] for p in self.pending]).float(), self.dist.world)
         host = vals.tolist()  # (len(pending),) floats: the one host sync of the interval
         for (at, lr, _), v in zip(self.pending, host, strict=True):
-            if self.fault == f"train_nan:{at}":
-                v = float("nan")
             if not math.isfinite(v):
                 kept = ckpt.list_checkpoints(self.ck_dir)
                 raise DivergedError(
@@ -253,6 +262,7 @@ class Run:
             state,
             keep=self.cfg.keep_checkpoints,
             extra_tensors=extra_rng,
+            crash_after_weights=self.fault == f"train_save:{self.step}",
         )
 
     def evaluate_and_save(self) -> None:
