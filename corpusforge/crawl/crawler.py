@@ -32,6 +32,7 @@ from corpusforge.crawl.settings import CrawlSettings
 from corpusforge.crawl.spider import SavedPage, Spider
 from corpusforge.crawl.urls import canonicalize, domain_allowed, host_key, scheme_ok, trap_reason
 from corpusforge.document import Document, stable_id, utc_now_iso
+from corpusforge.redact import redact_text
 from corpusforge.stage import StageContext
 from corpusforge.stats import StepStats
 from corpusforge.storage import ShardWriter
@@ -176,7 +177,7 @@ class Crawler:
             key = url.split(":", 1)[0].lower()[:10]
             if key in ("mailto", "javascript", "tel"):
                 return  # not a page: not a URL we consider at all
-            canon = url[:2048]
+            canon = redact_text(url[:2048])  # recorded as refused: never with its credentials
             if canon in self.seen:
                 return
             self.seen.add(canon)

@@ -5,18 +5,57 @@
 - 5xx, unreachable, timeout, too large to be trusted: everything disallowed ("complete disallow");
 - redirects are followed up to 5 hops (RFC 9309 §2.3.1.2), on the same or another host.
 
+Our group is chosen here, by the exact product token (RFC 9309 §2.2.1: case-insensitive; every group naming
+it, merged; else the ``*`` groups; else none), and only its rules go to Protego: Protego alone would take a
+group named ``corpus`` for ``corpusforge`` (it matches a group's name as a prefix of the token).
+
 Also records ``Crawl-delay`` for our token and whether our AI-training token is disallowed (``noai``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
 from corpusforge.crawl.page import FetchRequest
 
 log = logging.getLogger(__name__)
+
+
+# "key: value" lines; the value stops at a comment. Protego's spellings of the user-agent key are accepted too.
+LINE = re.compile(r"^\s*([A-Za-z][A-Za-z _-]*?)\s*:\s*([^#]*?)\s*(?:#.*)?$")
+AGENT_KEYS = ("user-agent", "useragent", "user agent")
+PRODUCT_TOKEN = re.compile(r"[A-Za-z_-]+")  # RFC 9309 §2.2.1: the token's characters
+NOT_IN_GROUPS = ("sitemap",)  # lines that belong to the file, not to a group
+
+
+def rules_for(text: str, token: str) -> str:
+    """The rules of ``text`` that apply to the product ``token``, as one ``User-agent: *`` group."""
+    token = token.lower()
+    groups: dict[str, list[str]] = {}
+    agents: list[str] = []
+    in_rules = False  # a user-agent line after rules starts a new group; consecutive ones share a group
+    for raw in text.lstrip("\ufeff").splitlines():
+        m = LINE.match(raw)
+        if m is None:
+            continue
+        key, value = m.group(1).lower(), m.group(2)
+        if key in AGENT_KEYS:
+            if in_rules:
+                agents, in_rules = [], False
+            name = PRODUCT_TOKEN.match(value)
+            agent = "*" if value == "*" else (name.group(0).lower() if name else "")
+            if agent not in agents:
+                agents.append(agent)
+            groups.setdefault(agent, [])
+        elif agents and key not in NOT_IN_GROUPS:
+            in_rules = True
+            for agent in agents:
+                groups[agent].append(f"{key}: {value}")
+    mine = groups.get(token, groups.get("*", []))
+    return "\n".join(["User-agent: *", *mine]) + "\n"
 
 
 @dataclass
@@ -82,7 +121,7 @@ class RobotsCache:
                 continue
             if 200 <= resp.status < 300:
                 text = resp.body.decode("utf-8", errors="replace")
-                parser = protego.Protego.parse(text)
+                parser = protego.Protego.parse(rules_for(text, self.agent_token))
                 return RobotsRules("ok", parser, parser.crawl_delay(self.agent_token))
             if 400 <= resp.status < 500:
                 return RobotsRules("missing")

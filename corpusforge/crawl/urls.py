@@ -1,17 +1,35 @@
 """URL rules shared by every backend: canonical form, allowed schemes, offsite and trap checks.
 
 Canonical URLs make a page fetched once however it is linked: lower-case scheme and host, no default port,
-no fragment, query parameters sorted, ``.``/``..`` segments resolved, an empty path made ``/``.
+no fragment, query parameters sorted, ``.``/``..`` segments resolved, an empty path made ``/``, escapes in the
+path normalized as RFC 3986 §6.2.2 says (unreserved characters decoded, other escapes upper-case, characters
+that need escaping escaped) so ``/café`` and ``/caf%c3%a9`` are one page but ``/a%2Fb`` and ``/a/b`` stay two.
 """
 
 from __future__ import annotations
 
 import posixpath
+import re
 from functools import lru_cache
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
 
 ALLOWED_SCHEMES = ("http", "https")
 DEFAULT_PORTS = {"http": 80, "https": 443}
+UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+# What may stay unescaped in a path: unreserved, sub-delims, ":" "@" "/", and "%" of the escapes kept.
+PATH_SAFE = "/:@!$&'()*+,;=-._~%"
+
+
+def _normalize_escapes(path: str) -> str:
+    """Decode escapes of unreserved characters only (an escaped "/" or "?" is data, not syntax); upper-case
+    the hex of the others; escape what must be (non-ASCII as UTF-8, spaces), as clients do on the wire."""
+
+    def one(m: re.Match[str]) -> str:
+        c = chr(int(m.group(1), 16))
+        return c if c in UNRESERVED else "%" + m.group(1).upper()
+
+    return quote(ESCAPE.sub(one, path), safe=PATH_SAFE)
 
 
 @lru_cache(maxsize=1 << 16)  # pure; the same links recur on every page of a site
@@ -21,9 +39,7 @@ def canonicalize(url: str) -> str:
     host = (parts.hostname or "").lower().rstrip(".")
     port = parts.port
     netloc = host if port is None or DEFAULT_PORTS.get(scheme) == port else f"{host}:{port}"
-    path = parts.path or "/"
-    if "%" in path:
-        path = quote(unquote(path), safe="/:@!$&'()*+,;=-._~")
+    path = _normalize_escapes(parts.path or "/")
     normalized = posixpath.normpath(path)
     if path.endswith("/") and not normalized.endswith("/"):
         normalized += "/"

@@ -183,3 +183,51 @@ def endless_chunks(size: int = 64 << 10, max_s: float = 20.0) -> Callable[[], An
             yield block
 
     return gen
+
+
+def _zeros_zlib(decompressed_bytes: int, *, gzip_format: bool) -> bytes:
+    """A zlib (or gzip) stream that inflates to ``decompressed_bytes`` zero bytes, built in a fraction of a second.
+
+    Compressing 1 GiB takes seconds. After a full flush the encoder starts afresh, so each further 16 MiB of
+    zeros compresses to the same bytes: the stream is the first piece (with the header), that piece repeated,
+    and the final block with a trailer (checksum, size) computed for the whole length.
+    """
+    import struct
+    import zlib
+
+    piece = 16 << 20
+    if decompressed_bytes % piece or decompressed_bytes < 2 * piece:
+        raise ValueError(f"decompressed_bytes must be a multiple of {piece} (at least two)")
+    zeros = bytes(piece)
+    enc = zlib.compressobj(9, zlib.DEFLATED, 31 if gzip_format else 15)
+    first = enc.compress(zeros) + enc.flush(zlib.Z_FULL_FLUSH)
+    again = enc.compress(zeros) + enc.flush(zlib.Z_FULL_FLUSH)
+    end = enc.flush()  # final block + the trailer of the two pieces this encoder saw, replaced below
+    check = 0 if gzip_format else 1
+    for _ in range(decompressed_bytes // piece):
+        check = zlib.crc32(zeros, check) if gzip_format else zlib.adler32(zeros, check)
+    if gzip_format:
+        trailer, cut = struct.pack("<II", check, decompressed_bytes & 0xFFFFFFFF), 8
+    else:
+        trailer, cut = struct.pack(">I", check), 4
+    return first + again * (decompressed_bytes // piece - 1) + end[:-cut] + trailer
+
+
+def huge_bomb(encoding: str, decompressed_bytes: int) -> tuple[int, dict[str, str], bytes]:
+    """A bomb of ``decompressed_bytes`` zeros (1 GiB and more), cheap to build: ``encoding`` is ``gzip``,
+    ``deflate``, ``br`` or ``gzip, gzip`` (stacked). Each compressed body stays under about 1 MiB."""
+    import gzip as gz
+
+    if encoding == "br":
+        import brotli
+
+        enc = brotli.Compressor(quality=1)  # quality 1: 1 GiB in ~0.05 s, ~200 KiB
+        block = bytes(16 << 20)
+        body = b"".join(enc.process(block) for _ in range(decompressed_bytes // len(block))) + enc.finish()
+    elif encoding == "gzip, gzip":
+        body = gz.compress(_zeros_zlib(decompressed_bytes, gzip_format=True), compresslevel=9)
+    elif encoding in ("gzip", "deflate"):
+        body = _zeros_zlib(decompressed_bytes, gzip_format=encoding == "gzip")
+    else:
+        raise ValueError(f"unknown encoding {encoding!r}: gzip, deflate, br or 'gzip, gzip'")
+    return 200, {"Content-Type": "text/html", "Content-Encoding": encoding}, body

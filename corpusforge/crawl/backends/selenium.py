@@ -7,7 +7,8 @@ enforced before the browser loads anything, and bombs, trickles and redirects to
 ``auto`` renders only pages whose static HTML has too little visible text.
 
 The browser comes from the Debian packages ``chromium`` and ``chromium-driver`` through explicit paths, so
-Selenium Manager never downloads anything. As root, ``--no-sandbox`` is added. A page-load timeout of
+Selenium Manager never downloads anything. As root, ``--no-sandbox`` is added. No proxy from the environment
+is used, neither by Chromium nor by Selenium's connection to chromedriver. A page-load timeout of
 seconds stops hanging pages; a crashed or killed browser is recreated and the URL retried by the crawler.
 No chromium or chromedriver process outlives the backend: chromedriver runs in its own process group, and a
 small reaper process (in its own session, reading a pipe from us) kills that group and anything using our
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from typing import Any, ClassVar
 
 from corpusforge.crawl.backend import RequestsFetcher
@@ -53,6 +55,7 @@ CHROME_FLAGS = (
     "--blink-settings=imagesEnabled=false",  # text is what we keep; fewer requests to the host
     "--disable-breakpad",
     "--disable-crash-reporter",  # no crashpad handler, which would leave its own process group
+    "--no-proxy-server",  # no proxy from the environment, like the static fetches (trust_env off)
 )
 
 # Kills what we started once its stdin closes (our process ended, however it ended). Each input line is a
@@ -125,6 +128,26 @@ def find_browser() -> tuple[str, str]:
     return browser, driver
 
 
+def direct_service(**kwargs: Any) -> Any:
+    """A chromedriver ``Service`` whose ``stop()`` sends no shutdown request: Selenium sends that one through
+    ``$http_proxy``, with the proxy's credentials. ``stop()`` still ends chromedriver (SIGTERM, then SIGKILL)
+    after ``quit()`` closed the browser, and ``_stop_browser`` kills its process group."""
+    from selenium.webdriver.chrome.service import Service
+
+    class DirectService(Service):
+        def send_remote_shutdown_command(self) -> None:
+            return None
+
+    return DirectService(**kwargs)
+
+
+def driver_pid(service: Any) -> int | None:
+    """chromedriver's pid, or None: Selenium sets ``service.process`` only once it has started the driver, so
+    it is absent when ``webdriver.Chrome`` failed before (reading it then would hide the real error)."""
+    process = getattr(service, "process", None)
+    return process.pid if process is not None else None
+
+
 class SeleniumBackend(RequestsFetcher):
     name: ClassVar[str] = "selenium"  # type: ignore[misc]
     parser: ClassVar[str] = "lxml"  # type: ignore[misc]
@@ -162,7 +185,6 @@ class SeleniumBackend(RequestsFetcher):
     def _start(self) -> Any:
         webdriver = require("selenium.webdriver", "browser")
         from selenium.webdriver.chrome.options import Options
-        from selenium.webdriver.chrome.service import Service
 
         self._generation += 1
         profile = os.path.join(self.profile_root, f"profile-{self._generation}")
@@ -175,7 +197,12 @@ class SeleniumBackend(RequestsFetcher):
         opts.add_argument(f"--user-data-dir={profile}")
         if self.user_agent:
             opts.add_argument(f"--user-agent={self.user_agent}")
-        service = Service(
+        # Selenium would send its commands to chromedriver (on loopback) through $http_proxy. Its suggested
+        # replacement, a ClientConfig, is not accepted by webdriver.Chrome in the versions we support.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            opts.ignore_local_proxy_environment_variables()
+        service = direct_service(
             executable_path=self.driver_path,
             log_output=subprocess.DEVNULL,
             popen_kw={"start_new_session": True},  # its own process group, which the reaper kills
@@ -184,13 +211,15 @@ class SeleniumBackend(RequestsFetcher):
         try:
             driver = webdriver.Chrome(service=service, options=opts)
         except Exception:
-            if service.process is not None:
-                self._kill_group(service.process.pid)
+            pid = driver_pid(service)
+            if pid is not None:
+                self._kill_group(pid)
             raise
         finally:
-            if service.process is not None:
-                self._tell_reaper(str(service.process.pid))
-        self._group = service.process.pid if service.process is not None else None
+            pid = driver_pid(service)
+            if pid is not None:
+                self._tell_reaper(str(pid))
+        self._group = driver_pid(service)
         try:  # the browser asks for /favicon.ico on its own: not a page we chose to fetch
             driver.execute_cdp_cmd("Network.enable", {})
             driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/favicon.ico"]})
