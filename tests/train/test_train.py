@@ -198,6 +198,7 @@ def test_ddp_with_two_gloo_processes(tokens, tmp_path):
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
         "--master_port=29533",
         "-m",
         "corpusforge.cli",
@@ -207,7 +208,9 @@ def test_ddp_with_two_gloo_processes(tokens, tmp_path):
         "o",
     ]
     cmd += [f"--set={k}={v}" for k, v in (TINY | {"max_iters": 20, "eval_interval": 10}).items()]
-    out = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=240)
+    # Loopback only (CI runs in a network namespace where the hostname resolves to no interface gloo can use).
+    env = cli_env() | {"GLOO_SOCKET_IFNAME": "lo"}
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     loaded = ckpt.load_latest(tmp_path / "o" / "checkpoints")
     assert loaded.state["step"] == 20 and len(loaded.state["data_states"]) == 2
