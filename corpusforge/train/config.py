@@ -62,7 +62,7 @@ class TrainConfig:
     compile: bool = False
     threads: Annotated[int, Min(1)] | None = None  # torch CPU threads; None: torch's default
     deterministic: bool = False
-    # sha256 of every token shard against its manifest before training starts. It cannot change the output,
+    # the checksum of every token shard against its manifest before training starts. It cannot change the output,
     # so the train stage leaves it out of its config hash.
     verify_data: bool = True
 

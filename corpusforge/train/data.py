@@ -23,7 +23,7 @@ class TokenData:
     def __init__(self, tokens_dir: Path, split: str, block_size: int, seed: int, *, verify: bool = False) -> None:
         from corpusforge.tokens.read import token_arrays
 
-        # verify: sha256 of every shard against the manifest before training reads a token (one pass).
+        # verify: the checksum of every shard against the manifest before training reads a token (one pass).
         self.arrays = [a for a in token_arrays(tokens_dir, split, verify=verify) if len(a) > block_size + 1]
         if not self.arrays:
             raise ConfigError(

@@ -103,7 +103,7 @@ class Run:
         # Fused AdamW: one kernel per step over all parameters (CPU and CUDA); the update is the same AdamW.
         opt_kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "fused": True}
         self.optimizer = torch.optim.AdamW(self.model.param_groups(cfg.weight_decay), **opt_kwargs)
-        # Each rank draws its own windows; shards are checked against the manifest's sha256 before use.
+        # Each rank draws its own windows; shards are checked against the manifest's checksum before use.
         rank = self.dist.rank
         self.train_data = TokenData(tokens_dir, "train", cfg.block_size, cfg.seed + rank, verify=cfg.verify_data)
         self.fingerprint = data_fingerprint(tokens_dir)
