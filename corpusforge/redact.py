@@ -41,7 +41,8 @@ def _secret_key(key: Any) -> bool:
 
 def _mask_pair(m: re.Match[str]) -> str:
     if not _secret_key(m.group("key")):
-        return m.group(0)
+        # "value: proxy_password=x": the match of a harmless key swallowed a pair; look inside its value.
+        return f"{m.group('key')}{m.group('sep')}{_PAIR.sub(_mask_pair, m.group('value'))}"
     value = m.group("value")
     # "Authorization: Bearer abc": both words are the secret; elsewhere only the first word is the value.
     if m.group("key").lower() != "authorization" and " " in value:
@@ -70,10 +71,12 @@ class RedactingFilter(logging.Filter):
     """Masks secrets in a log record's message, arguments and traceback before any handler formats it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact_text(str(record.msg))
-        if record.args:
-            args = record.args if isinstance(record.args, tuple) else (record.args,)
-            record.args = tuple(redact_text(a) if isinstance(a, str) else a for a in args)
+        # Format first: a dict, list or object argument (a spider's settings, a list of seeds) holds secrets too.
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed logging call: keep its text, masked, without failing
+            message = f"{record.msg} (arguments: {record.args!r})"
+        record.msg, record.args = redact_text(message), None
         if record.exc_info:
             text = logging.Formatter().formatException(record.exc_info)
             record.exc_info, record.exc_text = None, redact_text(text)

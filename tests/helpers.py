@@ -129,3 +129,26 @@ def write_doc_shards(folder, docs, per_file=50):
                 w.write(d)
         files += w.files
     write_manifest(folder, files, config={})
+
+
+from corpusforge.step import Mapper  # noqa: E402  (added with the step below)
+
+
+class FailMost(Mapper):
+    """Fails (``_error``) on every document whose numeric id is not a multiple of 10, while ``fail`` is on:
+    a step that cannot work here, to see the error bound stop the task."""
+
+    name: ClassVar[str] = "test_fail_most"
+
+    def __init__(self, *, fail: bool = True) -> None:
+        super().__init__()
+        self.fail = fail
+
+    def map(self, doc: Document) -> Document | None:
+        if self.fail and int(doc.id.lstrip("d")) % 10:
+            self._error(doc, "parse_error", ValueError(f"cannot parse {doc.id}"))
+            return None
+        return doc
+
+
+STEPS.add("test_fail_most", FailMost)
