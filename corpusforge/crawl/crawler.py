@@ -496,26 +496,32 @@ class Crawler:
 
     # ------------------------------------------------------------------ the loop
     def _next_item(self) -> _Item:
-        """The first queued URL whose host may be fetched now (looking a bounded way ahead), else the head.
+        """The first queued URL whose host may be fetched now, else the one whose host's slot comes first
+        (looking a bounded way ahead).
 
-        With several hosts, one host's delay does not stall the others; per-host order is kept.
+        With several hosts, one host's delay (or Retry-After hold) does not stall the others: when no host is
+        ready this instant, the loop waits for the earliest slot, not for the head's host. Per-host order is
+        kept: only each host's first queued URL is a candidate.
         """
         now = time.monotonic()
-        head_host = host_key(self.queue[0].url)
-        if self.host_next.get(head_host, 0.0) <= now:
-            return self.queue.popleft()
-        blocked = {head_host}
+        pick, soonest = 0, None
+        hosts: set[str] = set()
         for i, item in enumerate(self.queue):
             if i >= 256:
                 break
             h = host_key(item.url)
-            if h in blocked:
+            if h in hosts:
                 continue
-            if self.host_next.get(h, 0.0) <= now:
-                del self.queue[i]
-                return item
-            blocked.add(h)
-        return self.queue.popleft()
+            hosts.add(h)
+            ready_at = self.host_next.get(h, 0.0)
+            if ready_at <= now:
+                pick = i
+                break
+            if soonest is None or ready_at < soonest:
+                pick, soonest = i, ready_at
+        item = self.queue[pick]
+        del self.queue[pick]
+        return item
 
     def run(self) -> CrawlOutcome:
         self._recover()

@@ -231,3 +231,173 @@ def huge_bomb(encoding: str, decompressed_bytes: int) -> tuple[int, dict[str, st
     else:
         raise ValueError(f"unknown encoding {encoding!r}: gzip, deflate, br or 'gzip, gzip'")
     return 200, {"Content-Type": "text/html", "Content-Encoding": encoding}, body
+
+
+# ---------------------------------------------------------------------------------------------- endless senders
+@dataclass
+class Feed:
+    """What an endless handler did: when it started and stopped, bytes sent, and why it stopped
+    (``disconnect``: the client went away; ``time bound``: its own hard limit, so the client never cut it)."""
+
+    started: float = 0.0
+    ended: float = 0.0
+    sent: int = 0
+    why: str = ""
+
+
+def endless(
+    feed: Feed,
+    *,
+    framing: str,
+    max_s: float = 30.0,
+    block: bytes = b"<p>" + b"z" * 16377 + b"</p>",
+    interval_s: float = 0.0,
+) -> Callable[[Any], None]:
+    """Sends ``block`` forever, until the client disconnects or ``max_s`` (the server-side hard bound) passes.
+
+    ``framing``: ``chunked`` (Transfer-Encoding), ``length`` (a false ``Content-Length`` of 10 GiB) or
+    ``close`` (no length: the body would end when the connection closes). Records into ``feed``.
+    """
+
+    def handler(h: Any) -> None:
+        feed.started = time.monotonic()
+        h.send_response(200)
+        h.send_header("Content-Type", "text/html")
+        if framing == "chunked":
+            h.send_header("Transfer-Encoding", "chunked")
+        elif framing == "length":
+            h.send_header("Content-Length", str(10 << 30))
+        else:
+            h.send_header("Connection", "close")
+        h.end_headers()
+        piece = f"{len(block):x}\r\n".encode() + block + b"\r\n" if framing == "chunked" else block
+        end = feed.started + max_s
+        feed.why = "time bound"
+        # A client that stops reading without hanging up would block a write forever: bound each write too.
+        h.connection.settimeout(1.0)
+        try:
+            while time.monotonic() < end:
+                h.wfile.write(piece)
+                h.wfile.flush()
+                feed.sent += len(block)
+                if interval_s:
+                    time.sleep(interval_s)
+        except TimeoutError:
+            feed.why = "stalled"  # the client neither read nor hung up for 1 s
+        except OSError:  # BrokenPipeError, ConnectionResetError: the client hung up
+            feed.why = "disconnect"
+        feed.ended = time.monotonic()
+        h.close_connection = True
+
+    return handler
+
+
+def false_length_then_close(claimed: int = 10 << 30, sent: bytes = b"<html><body>a little of it") -> Callable:
+    """Claims ``claimed`` bytes of body, sends a few, then closes the connection."""
+
+    def handler(h: Any) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/html")
+        h.send_header("Content-Length", str(claimed))
+        h.end_headers()
+        try:
+            h.wfile.write(sent)
+            h.wfile.flush()
+        except OSError:
+            pass
+        h.close_connection = True
+
+    return handler
+
+
+def stall_after_headers(feed: Feed, max_s: float = 30.0) -> Callable[[Any], None]:
+    """Sends a 200's headers, then nothing until the client hangs up (or ``max_s``, its own bound)."""
+
+    def handler(h: Any) -> None:
+        import select
+        import socket
+
+        feed.started = time.monotonic()
+        h.send_response(200)
+        h.send_header("Content-Type", "text/plain")
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        h.wfile.flush()
+        feed.why = "time bound"
+        end = feed.started + max_s
+        while time.monotonic() < end:
+            # Readable with no bytes, or reset: the client hung up.
+            try:
+                if select.select([h.connection], [], [], 0.05)[0] and not h.connection.recv(1, socket.MSG_PEEK):
+                    feed.why = "disconnect"
+                    break
+            except OSError:
+                feed.why = "disconnect"
+                break
+        feed.ended = time.monotonic()
+        h.close_connection = True
+
+    return handler
+
+
+class SilentServer:
+    """Accepts connections and reads the request, and never answers a byte: a hung server. Logs each request
+    (``log``: Hit) and, per connection, when the client hung up (``hung_up``: monotonic times). Each connection
+    is held at most ``max_s`` seconds, so a failing test cannot hold it forever."""
+
+    def __init__(self, host: str = "127.0.0.1", max_s: float = 30.0) -> None:
+        import socket
+
+        self.host, self.max_s = host, max_s
+        self.log: list[Hit] = []
+        self.hung_up: list[float] = []
+        self._stop = threading.Event()
+        self.sock = socket.create_server((host, 0))
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def paths(self) -> list[str]:
+        return [h.path for h in self.log]
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
+
+    def _hold(self, conn: Any) -> None:
+        conn.settimeout(0.05)
+        end, data = time.monotonic() + self.max_s, b""
+        with conn:
+            while time.monotonic() < end and not self._stop.is_set():
+                try:
+                    got = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    got = b""
+                if not got:
+                    self.hung_up.append(time.monotonic())
+                    return
+                data += got
+                if b"\r\n\r\n" in data:
+                    head, data = data.split(b"\r\n\r\n", 1)
+                    lines = head.decode("latin-1").split("\r\n")
+                    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+                    path = lines[0].split(" ")[1] if " " in lines[0] else ""
+                    self.log.append(Hit(time.monotonic(), self.host, path, {k.lower(): v for k, v in headers.items()}))
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self.thread.join(5)

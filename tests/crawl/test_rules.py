@@ -1,5 +1,5 @@
-"""Crawl rules proven on the wire (RELIABILITY items 7, 11, 12, 14, 16, 17) and the browser's sandbox flag and
-crash recovery (42, 44). Each test fails when its rule is broken (issue 12: "touched but not proven")."""
+"""Crawl rules proven on the wire (RELIABILITY items 2, 3, 6, 7, 8, 11, 12, 14, 16, 17) and the browser's binaries,
+sandbox flag, crash recovery and leftovers (41, 42, 44, 45). Each test fails when its rule is broken (issue 12: "touched but not proven")."""
 
 # The fixtures imported from the other crawl tests are redefined by name as test arguments, as pytest wants.
 # ruff: noqa: F811
@@ -24,7 +24,16 @@ from corpusforge.crawl.urls import canonicalize
 from corpusforge.errors import DONE, ConfigError
 from corpusforge.stage import StageContext
 from tests.conftest import cli_env
-from tests.crawl.faultserver import FaultServer, html, huge_bomb
+from tests.crawl.faultserver import (
+    FaultServer,
+    Feed,
+    SilentServer,
+    endless,
+    false_length_then_close,
+    html,
+    huge_bomb,
+    stall_after_headers,
+)
 from tests.crawl.test_browser import browser_tmp, leftovers  # noqa: F401  (browser_tmp is a fixture)
 from tests.crawl.test_crawl import (  # noqa: F401  (backend and servers are fixtures)
     FAST,
@@ -534,3 +543,362 @@ def test_chromium_killed_mid_crawl_the_url_is_retried_and_stored_and_nothing_is_
         time.sleep(0.2)
     assert left() == []
     assert not any(_alive(p) for p in killed["procs"])
+
+
+# The static fetch paths: requests (shared by requests+bs4, selenium and auto), Scrapy, and LangChain's loader.
+WIRE_BACKENDS = ["requests+lxml", "scrapy", pytest.param("langchain", marks=needs_langchain)]
+
+
+# ---------------------------------------------------------------------------------------------- item 6
+@pytest.mark.slow  # ~3 s per case: a real Retry-After wait
+@pytest.mark.parametrize(("status", "retry_after"), [(429, "2"), (503, "2"), (429, "date")])
+@pytest.mark.parametrize("name", ["requests+lxml", "scrapy"])
+def test_retry_after_holds_the_whole_host_and_other_hosts_go_on(tmp_path, servers, name, status, retry_after):
+    """Item 6: after a 429/503 with ``Retry-After`` (seconds or an HTTP date) no URL of that host, the others
+    included, is requested before that time (access-log times); another host's pages are fetched meanwhile."""
+    from email.utils import formatdate
+
+    wall_minus_mono = time.time() - time.monotonic()
+    until: dict[str, float] = {}  # the monotonic time before which host A must not be asked again
+
+    def limited(h):
+        if "t" in until:
+            return h.reply(*html("served at last"))
+        now = time.monotonic()
+        if retry_after == "date":
+            target_wall = float(int(time.time()) + 3)  # an HTTP date has whole seconds: 2-3 s from now
+            value = formatdate(target_wall, usegmt=True)
+            until["t"] = target_wall - wall_minus_mono
+        else:
+            value, until["t"] = retry_after, now + float(retry_after)
+        h.reply(status, {"Retry-After": value, "Content-Type": "text/html"}, b"later")
+
+    a = servers(
+        routes={"/": html('<a href="/limited">l</a><a href="/a1">1</a><a href="/a2">2</a>'), "/limited": limited}
+    )
+    a.routes.update({"/a1": html("a1"), "/a2": html("a2")})
+    links = "".join(f'<a href="/b{i}">b</a>' for i in range(6))
+    b = servers(host="127.0.0.2", routes={"/": html(links)} | {f"/b{i}": html(f"b{i}") for i in range(6)})
+    res, docs, step = crawl(
+        tmp_path, [a.base + "/", b.base + "/"], ["127.0.0.1", "127.0.0.2"], min_delay_s=0.25, backend=name
+    )
+    assert res.status == DONE and len(docs) == 4 + 7 and step["dropped"] == {}
+    assert step["counters"]["retries"] == 1
+    t_limited = next(h.t for h in a.log if h.path == "/limited")
+    after = [h for h in a.log if h.t > t_limited]
+    # The whole host waited: /a1, /a2 and the retried /limited all start at or after the Retry-After time.
+    assert sorted(h.path for h in after) == ["/a1", "/a2", "/limited"], a.paths()
+    assert min(h.t for h in after) >= until["t"] - 0.02, min(h.t for h in after) - until["t"]
+    # Host B went on while A waited (its pages are 0.25 s apart, so they fall inside A's 2 s hold).
+    assert sum(t_limited < h.t < until["t"] for h in b.log) >= 4, (
+        [(h.path, round(h.t - t_limited, 2)) for h in b.log + a.log],
+        until["t"] - t_limited,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- item 8
+@pytest.mark.parametrize("name", WIRE_BACKENDS)
+def test_false_content_length_and_endless_bodies_stop_at_the_cap_in_bounded_time(tmp_path, servers, name):
+    """Item 8: a body that claims 10 GiB and goes on forever, an endless chunked body and an endless
+    unframed one are cut at the byte cap (``too_large``) by the client hanging up, seconds after they start
+    (each server loop is bounded at 30 s on its own); one that claims 10 GiB, sends a little and closes is
+    data loss (Scrapy refuses the claimed size up front: ``too_large``). Nothing of them is stored."""
+    cap = 256 << 10
+    feeds = {k: Feed() for k in ("length", "chunked", "close")}
+    routes = {f"/endless-{k}": endless(f, framing=k, max_s=30) for k, f in feeds.items()}
+    routes |= {"/claims-10g": false_length_then_close(), "/ok": html("fine")}
+    s = servers(routes=routes | {"/": html("".join(f'<a href="{p}">x</a>' for p in routes))})
+    t0 = time.monotonic()
+    res, docs, step = crawl(
+        tmp_path, [s.base + "/"], ["127.0.0.1"], max_bytes=cap, timeout_s=10.0, max_retries=1, backend=name
+    )
+    assert time.monotonic() - t0 < 20
+    assert _names(docs) == {"", "ok"}
+    if name == "scrapy":
+        assert step["dropped"] == {"too_large": 4}, step["dropped"]
+        assert s.paths().count("/claims-10g") == 1
+    else:
+        assert step["dropped"] == {"too_large": 3, "data_loss": 1}, step["dropped"]
+        assert s.paths().count("/claims-10g") == 2  # data loss is transient: tried once more
+    for kind, feed in feeds.items():
+        assert s.paths().count(f"/endless-{kind}") == 1  # too_large is final: never asked again
+        assert feed.why == "disconnect", (kind, feed)  # the client cut it, not the server's own bound
+        assert feed.ended - feed.started < 5, (kind, feed)  # far below the 10 s deadline: the cap cut it
+        assert feed.sent < cap + (32 << 20), (kind, feed)  # the cap plus socket buffers, never more
+        if not (name == "scrapy" and kind == "length"):  # Scrapy hangs up on the claimed 10 GiB at once
+            assert feed.sent > cap, (kind, feed)  # it was the cap that cut it: the client read up to it
+
+
+# ---------------------------------------------------------------------------------------------- items 2, 3
+ROBOTS_DEADLINE_S = 2.0  # the crawl's timeout_s; robots.txt gets min(10 s, timeout_s) in all
+
+
+def _hung_robots(kind: str, servers):
+    """A host whose robots.txt hangs; returns (server, feed or None)."""
+    pages = {"/": html('<a href="/p0.html">p</a>'), "/p0.html": html("p0")}
+    if kind == "silent":
+        return SilentServer(max_s=30), None
+    feed = Feed()
+    if kind == "stall":
+        return servers(routes=pages | {"/robots.txt": stall_after_headers(feed, max_s=30)}), feed
+    # Trickles forever: a 4-byte chunk every 0.1 s (chunked: no length lets a client refuse it up front).
+    trickle_forever = endless(feed, framing="chunked", block=b"#\n#\n", interval_s=0.1)
+    return servers(routes=pages | {"/robots.txt": trickle_forever}), feed
+
+
+@pytest.mark.parametrize("kind", ["silent", "stall", "trickle"])
+@pytest.mark.parametrize("name", WIRE_BACKENDS)
+def test_a_hanging_robots_txt_disallows_its_host_within_the_deadline(tmp_path, servers, name, kind):
+    """Items 2 and 3: robots.txt from a server that accepts and never answers, one that stops after the
+    headers, and one that trickles forever → given up within the robots deadline (the client hangs up; each
+    server loop has its own 30 s bound), the host is disallowed and counted, no page of it is requested, and
+    the other host is crawled in full."""
+    hung, feed = _hung_robots(kind, servers)
+    try:
+        good = servers(host="127.0.0.2", routes={"/": html('<a href="/g1">g</a>'), "/g1": html("g1")})
+        t0 = time.monotonic()
+        res, docs, step = crawl(
+            tmp_path,
+            [hung.base + "/", good.base + "/"],
+            ["127.0.0.1", "127.0.0.2"],
+            timeout_s=ROBOTS_DEADLINE_S,
+            backend=name,
+        )
+        elapsed = time.monotonic() - t0
+    finally:
+        if isinstance(hung, SilentServer):
+            hung.close()
+    assert hung.paths() == ["/robots.txt"]
+    if feed is None:
+        assert isinstance(hung, SilentServer) and len(hung.hung_up) == 1
+        started, ended = hung.log[0].t, hung.hung_up[0]
+    else:
+        wait_until = time.monotonic() + 3  # the server notices the hang-up at its next write (0.1 s ticks)
+        while not feed.ended and time.monotonic() < wait_until:
+            time.sleep(0.05)
+        assert feed.why == "disconnect", feed
+        started, ended = feed.started, feed.ended
+    assert ended - started < ROBOTS_DEADLINE_S + 1.0, ended - started  # the deadline, plus a trickle tick
+    assert elapsed < ROBOTS_DEADLINE_S + 8  # the whole crawl, start-up included
+    assert res.status == DONE and step["dropped"] == {"robots_unavailable": 1}
+    assert step["counters"]["robots_skips"] == 1
+    assert _names(docs) == {"", "g1"} and all(d.url.startswith(good.base) for d in docs)
+    assert good.paths() == ["/robots.txt", "/", "/g1"]
+
+
+ROBOTS_CAP = 512 * 1024  # RobotsCache.max_bytes: RFC 9309's "at least 500 KiB"
+
+
+@pytest.mark.parametrize("name", WIRE_BACKENDS)
+def test_a_rule_past_the_robots_size_cap_is_not_seen(tmp_path, servers, name):
+    """Item 3: a 700 KiB robots.txt is parsed up to 512 KiB: its Disallow before the cap holds, its Disallow
+    after the cap is never seen (that page is fetched). Scrapy hands over no bytes of a body past its cap, so
+    there the file is "too large to be trusted" and the whole host is disallowed, as robots.py documents."""
+    head = b"User-agent: *\nDisallow: /p1.html\n"
+    padding = b"# " + b"x" * 60 + b"\n"
+    body = head + padding * ((ROBOTS_CAP - len(head)) // len(padding) - 10)
+    tail = b"Disallow: /p2.html\n"
+    past = body + padding * 200 + tail  # the tail starts ~12 KiB past the cap
+    assert len(body) < ROBOTS_CAP < past.index(tail) and len(past) < ROBOTS_CAP + (16 << 10)
+    links = "".join(f'<a href="/p{i}.html">p</a>' for i in range(3))
+    routes = {"/": html(links)} | {f"/p{i}.html": html(f"p{i}") for i in range(3)}
+    s = servers(routes=routes | {"/robots.txt": (200, {"Content-Type": "text/plain"}, past)})
+    res, docs, step = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"], backend=name)
+    if name == "scrapy":
+        assert s.paths() == ["/robots.txt"] and step["dropped"] == {"robots_unavailable": 1}
+        return
+    assert sorted(set(s.paths())) == ["/", "/p0.html", "/p2.html", "/robots.txt"]
+    assert step["dropped"] == {"robots_disallowed": 1}
+    # Control: the same rule inside the cap holds (so it was the cap that hid it above).
+    s.routes["/robots.txt"] = (200, {"Content-Type": "text/plain"}, body + tail)
+    s.log.clear()
+    res, docs, step = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"], backend=name, workdir="w2")
+    assert sorted(set(s.paths())) == ["/", "/p0.html", "/robots.txt"]
+    assert step["dropped"] == {"robots_disallowed": 2}
+
+
+def _robots_chain(hops: int) -> dict:
+    """/robots.txt redirects ``hops`` times (/r1 … /r{hops}); the last is a robots.txt disallowing /p1.html."""
+    routes: dict = {"/robots.txt": (302, {"Location": "/r1"}, b"")} if hops else {}
+    routes |= {f"/r{i}": (302, {"Location": f"/r{i + 1}"}, b"") for i in range(1, hops)}
+    last = f"/r{hops}" if hops else "/robots.txt"
+    return routes | {last: (200, {"Content-Type": "text/plain"}, b"User-agent: *\nDisallow: /p1.html\n")}
+
+
+@pytest.mark.parametrize("name", WIRE_BACKENDS)
+def test_a_robots_redirect_chain_past_the_cap_disallows_the_host(tmp_path, servers, name):
+    """Item 3: robots.txt reached in 5 redirects (the cap) is obeyed; in 6 the host is disallowed after
+    exactly the original request and 5 hops, and nothing else of it is requested."""
+    links = "".join(f'<a href="/p{i}.html">p</a>' for i in range(3))
+    pages = {"/": html(links)} | {f"/p{i}.html": html(f"p{i}") for i in range(3)}
+    five = servers(routes=pages | _robots_chain(5))
+    six = servers(host="127.0.0.2", routes=pages | _robots_chain(6))
+    res, docs, step = crawl(tmp_path, [five.base + "/", six.base + "/"], ["127.0.0.1", "127.0.0.2"], backend=name)
+    assert five.paths() == ["/robots.txt", "/r1", "/r2", "/r3", "/r4", "/r5", "/", "/p0.html", "/p2.html"]
+    assert six.paths() == ["/robots.txt", "/r1", "/r2", "/r3", "/r4", "/r5"]
+    assert step["dropped"] == {"robots_disallowed": 1, "robots_unavailable": 1}
+    assert all(d.url.startswith(five.base) for d in docs) and len(docs) == 3
+
+
+# ---------------------------------------------------------------------------------------------- item 41
+def _recording_exe(path: Path, record: Path) -> Path:
+    """An executable that appends its own path and arguments to ``record``, then fails (no browser starts)."""
+    path.write_text(f'#!/bin/sh\necho "$0 $*" >> {record}\nexit 1\n')
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("absent", "named"),
+    [
+        ("chromium", "chromium was not found"),
+        ("chromedriver", "chromedriver was not found"),
+        ("both", "chromium and chromedriver were not found"),
+    ],
+)
+@pytest.mark.parametrize("how", ["missing", "not executable"])
+def test_a_missing_chromium_or_chromedriver_names_the_debian_packages(tmp_path, monkeypatch, absent, named, how):
+    """Item 41: a configured chromium or chromedriver path that does not exist (or cannot be run) stops the
+    backend, and the crawl stage, with an error naming what is missing and the Debian packages to install;
+    it never falls back to another binary (the real ones are on PATH here) and starts nothing."""
+    pytest.importorskip("selenium")
+    from corpusforge.crawl.backends.selenium import SeleniumBackend
+    from corpusforge.errors import FatalError
+
+    record = tmp_path / "started.log"
+    for name, env in (("chromium", "CORPUSFORGE_CHROMIUM"), ("chromedriver", "CORPUSFORGE_CHROMEDRIVER")):
+        exe = _recording_exe(tmp_path / name, record)
+        if absent in (name, "both"):
+            if how == "missing":
+                exe = tmp_path / "absent" / name
+            else:
+                exe.chmod(0o644)
+        monkeypatch.setenv(env, str(exe))
+    monkeypatch.setenv("CORPUSFORGE_BROWSER_TMP", str(tmp_path))
+    before = set(os.listdir(tmp_path))
+    with pytest.raises(FatalError) as err:
+        SeleniumBackend(user_agent=UA)
+    msg = str(err.value)
+    assert named in msg and "apt-get install chromium chromium-driver" in msg, msg
+    assert "CORPUSFORGE_CHROMIUM" in msg and "CORPUSFORGE_CHROMEDRIVER" in msg  # how to point at them
+    assert set(os.listdir(tmp_path)) == before and not record.exists()  # no profile folder, nothing started
+    # The crawl stage says the same before it fetches anything.
+    s = FaultServer(routes={"/": html("home")})
+    try:
+        with pytest.raises(ConfigError, match=r"stages\[0\]\.backend: .*apt-get install chromium chromium-driver"):
+            crawl(tmp_path, [s.base + "/"], ["127.0.0.1"], backend="selenium")
+    finally:
+        s.close()
+    assert s.log == [] and not record.exists()
+
+
+def test_the_configured_chromedriver_is_the_one_started(tmp_path, monkeypatch):
+    """Item 41: the chromedriver that runs is the configured one, with the configured chromium as the binary:
+    not Selenium Manager's pick (never consulted), nor ``SE_CHROMEDRIVER``'s, nor the one on PATH."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common import selenium_manager
+
+    from corpusforge.crawl.backends.selenium import SeleniumBackend
+
+    record = tmp_path / "started.log"
+    driver = _recording_exe(tmp_path / "my-chromedriver", record)
+    browser = _recording_exe(tmp_path / "my-chromium", record)
+    decoy = _recording_exe(tmp_path / "decoy-chromedriver", record)
+    monkeypatch.setenv("CORPUSFORGE_CHROMEDRIVER", str(driver))
+    monkeypatch.setenv("CORPUSFORGE_CHROMIUM", str(browser))
+    monkeypatch.setenv("CORPUSFORGE_BROWSER_TMP", str(tmp_path))
+    monkeypatch.setenv("SE_CHROMEDRIVER", str(decoy))  # Selenium's own override must not win over ours
+
+    asked: list = []
+    monkeypatch.setattr(selenium_manager.SeleniumManager, "binary_paths", lambda self, *a: asked.append(a) or {})
+    built: list[tuple[str, str]] = []
+    real_chrome = webdriver.Chrome
+
+    def chrome(*, service, options):
+        built.append((service.path, options.binary_location))
+        return real_chrome(service=service, options=options)
+
+    monkeypatch.setattr(webdriver, "Chrome", chrome)
+    b = SeleniumBackend(user_agent=UA, timeout_s=5)
+    try:
+        r = b.render(FetchRequest("http://127.0.0.1:9/", timeout_s=5))
+    finally:
+        b.close()
+    assert r.error == "browser_crashed"  # our fake driver exits at once
+    assert built == [(str(driver), str(browser))]
+    assert asked == []
+    started = record.read_text().splitlines()
+    assert len(started) == 1 and started[0].startswith(f"{driver} ") and "--port=" in started[0], started
+
+
+# ---------------------------------------------------------------------------------------------- item 45
+def _marked(browser_tmp: Path) -> list:
+    """Live processes (psutil) that inherited ``CORPUSFORGE_BROWSER_TMP=browser_tmp`` or name it on their
+    command line: everything the backend of that run started (reaper, chromedriver, chromium)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            mine = p.environ().get("CORPUSFORGE_BROWSER_TMP") == str(browser_tmp)
+            if (mine or str(browser_tmp) in " ".join(p.cmdline())) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@needs_browser
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_kill_minus_9_of_corpusforge_run_mid_render_leaves_no_browser(tmp_path, servers, browser_tmp):
+    """Item 45: ``kill -9`` of ``corpusforge run`` (a selenium recipe, on a slow site) while Chromium is
+    loading a page → within seconds no chromium, chromedriver or helper started by that run is alive, and
+    its profile folder is gone."""
+    psutil = pytest.importorskip("psutil")
+    in_render = []
+
+    def slow(h):
+        path = h.path
+        if sum(x.path == path for x in s.log) == 2:  # the browser's request (the static fetch came first)
+            in_render.append(path)
+        time.sleep(1.5)
+        h.reply(*html(f"<p>slow page {path}</p>"))
+
+    links = "".join(f'<a href="/p{i}">p</a>' for i in range(10))
+    s = servers(routes={"/": html(links)} | {f"/p{i}": slow for i in range(10)})
+    spider = tmp_path / "spider.toml"
+    spider.write_text(f'name = "t"\nseeds = ["{s.base}/"]\nallowed_domains = ["127.0.0.1"]\n')
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'name = "t"\n[[stages]]\nkind = "crawl"\nspider = "{spider}"\nbackend = "selenium"\n'
+        "min_delay_s = 0.0\ntimeout_s = 20.0\n"
+    )
+    cmd = [sys.executable, "-m", "corpusforge.cli", "run", str(recipe), "--workdir", "w"]
+    env = cli_env() | {"CORPUSFORGE_BROWSER_TMP": str(browser_tmp)}
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while not in_render and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert in_render and p.poll() is None, "the browser never loaded a page"
+        running = _marked(browser_tmp)
+        names = {x.name() for x in running}
+        assert "chromedriver" in names and any("chrom" in n and n != "chromedriver" for n in names), names
+        os.kill(p.pid, signal.SIGKILL)
+        assert p.wait(10) == -signal.SIGKILL
+        wait_until = time.monotonic() + 15
+        while (_marked(browser_tmp) or leftovers(browser_tmp)) and time.monotonic() < wait_until:
+            time.sleep(0.2)
+        assert [x.cmdline()[:2] for x in _marked(browser_tmp)] == [] and leftovers(browser_tmp) == []
+        assert not any(_alive(x) for x in running)
+        assert list(browser_tmp.iterdir()) == []  # the reaper removed the profile folder
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+        for x in _marked(browser_tmp):  # a failed run must not leave its browser behind for the next test
+            try:
+                x.kill()
+            except psutil.NoSuchProcess:
+                pass

@@ -120,7 +120,8 @@ def find_browser() -> tuple[str, str]:
     missing = [n for n, p in (("chromium", browser), ("chromedriver", driver)) if p is None]
     if missing:
         raise FatalError(
-            f"the browser backends need headless Chromium, but {' and '.join(missing)} was not found; install the "
+            f"the browser backends need headless Chromium, but {' and '.join(missing)} "
+            f"{'were' if len(missing) > 1 else 'was'} not found; install the "
             "Debian packages: apt-get install chromium chromium-driver "
             "(or point CORPUSFORGE_CHROMIUM / CORPUSFORGE_CHROMEDRIVER at the binaries)"
         )
@@ -129,13 +130,19 @@ def find_browser() -> tuple[str, str]:
 
 
 def direct_service(**kwargs: Any) -> Any:
-    """A chromedriver ``Service`` whose ``stop()`` sends no shutdown request: Selenium sends that one through
+    """A chromedriver ``Service`` that starts ``executable_path`` whatever ``$SE_CHROMEDRIVER`` says, and whose
+    ``stop()`` sends no shutdown request: Selenium sends that one through
     ``$http_proxy``, with the proxy's credentials. ``stop()`` still ends chromedriver (SIGTERM, then SIGKILL)
     after ``quit()`` closed the browser, and ``_stop_browser`` kills its process group."""
     from selenium.webdriver.chrome.service import Service
 
     class DirectService(Service):
         def send_remote_shutdown_command(self) -> None:
+            return None
+
+        def env_path(self) -> str | None:
+            # Selenium would let $SE_CHROMEDRIVER replace executable_path (in Service and in webdriver.Chrome):
+            # the configured driver is the one started.
             return None
 
     return DirectService(**kwargs)
