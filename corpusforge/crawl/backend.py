@@ -9,8 +9,11 @@ per-fetch deadline.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Protocol
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 from corpusforge.crawl.page import FetchRequest, FetchResponse
 
@@ -76,42 +79,61 @@ def read_capped(r, max_bytes: int, deadline: float) -> tuple[bytes, str | None]:
 class RequestsFetcher:
     """Shared requests-based fetch loop (used by the requests+lxml and requests+bs4 backends).
 
-    One ``requests.Session`` per ``scheme://host:port`` so cookies and pooled connections never cross
-    hosts, schemes or ports; the crawler sends no credentials of its own.
+    ``requests.Session`` objects per ``scheme://host:port``, so cookies and pooled connections never cross
+    hosts, schemes or ports; the crawler sends no credentials of its own. A fetch leases one of its host's
+    sessions for its duration (a new one only when every one is in use), so a pool of fetch threads never
+    shares a session at once (``requests.Session`` is not thread-safe) and still reuses the host's
+    connections: one session per host at one request at a time, ``per_host_concurrency`` at most.
     """
 
     name: str = "requests"
     parser: str = "lxml"
     renders: str = "never"
+    thread_safe: bool = True  # fetch() may be called from several threads at once
 
     def __init__(self, *, user_agent: str | None = None, timeout_s: float = 30.0) -> None:
         # The crawler puts the User-Agent on every request; these are for backends that need them up front.
         self.user_agent = user_agent
         self.timeout_s = timeout_s
-        self._sessions: dict[str, object] = {}
+        self._sessions: list[Any] = []  # every session made, to close
+        self._free: dict[str, list[Any]] = {}  # by host: the sessions no fetch is using
+        self._sessions_lock = threading.Lock()
 
     def render(self, request: FetchRequest) -> FetchResponse:
         raise NotImplementedError(f"the {self.name} backend does not render pages")
 
-    def _session(self, url: str):  # type: ignore[no-untyped-def]
+    @contextmanager
+    def _lease(self, url: str) -> Iterator[Any]:
+        """One of ``url``'s host's sessions, for this fetch alone; back in the host's pool afterwards."""
         import requests
 
         from corpusforge.crawl.urls import host_key
 
         key = host_key(url)
-        s = self._sessions.get(key)
-        if s is None:
-            s = requests.Session()
-            s.trust_env = False  # no proxies or .netrc credentials from the environment
-            self._sessions[key] = s
-        return s
+        with self._sessions_lock:
+            free = self._free.setdefault(key, [])
+            if free:
+                s = free.pop()
+            else:
+                s = requests.Session()
+                s.trust_env = False  # no proxies or .netrc credentials from the environment
+                self._sessions.append(s)
+        try:
+            yield s
+        finally:
+            with self._sessions_lock:
+                if any(s is x for x in self._sessions):  # not closed meanwhile
+                    self._free.setdefault(key, []).append(s)
 
     def fetch(self, request: FetchRequest) -> FetchResponse:
+        with self._lease(request.url) as session:
+            return self._get(session, request)
+
+    def _get(self, session: Any, request: FetchRequest) -> FetchResponse:
         import requests
 
         t0 = time.monotonic()
         deadline = t0 + request.timeout_s
-        session = self._session(request.url)
         try:
             r = session.get(
                 request.url,
@@ -140,6 +162,9 @@ class RequestsFetcher:
         )
 
     def close(self) -> None:
-        for s in self._sessions.values():
-            s.close()  # type: ignore[attr-defined]
-        self._sessions.clear()
+        with self._sessions_lock:
+            sessions = list(self._sessions)
+            self._sessions.clear()
+            self._free.clear()
+        for s in sessions:
+            s.close()

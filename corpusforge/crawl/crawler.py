@@ -9,7 +9,12 @@ A discovered URL is admitted (scheme, offsite, traps) before it is queued; a que
 the phases of ``Crawler._process``: host gate (robots, Crawl-delay, slot) → fetch with redirects (each hop
 gated again) → response (status, sitemap, content type, opt-outs, unchanged) → HTML (render, links, store).
 
-Per-host concurrency is 1: the loop fetches one page at a time and waits for each host's next slot.
+With ``concurrency`` = 1 (the default for now) the loop fetches one page at a time and waits for each host's
+next slot. Above 1, for a backend that does not render, ``crawl.pool`` runs that many fetch threads over a
+``Scheduler`` of hosts (``per_host_concurrency`` requests in flight per host, the delay between request
+starts): the threads do the I/O, this thread (the writer) applies every rule above through the same phases
+and alone owns the frontier and the segment writer (``crawl/pool.py``). Rendering backends stay sequential
+for now.
 """
 
 from __future__ import annotations
@@ -18,15 +23,14 @@ import hashlib
 import logging
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
 from corpusforge.crawl.frontier import Frontier, PageRecord
 from corpusforge.crawl.html import charset_of, decode_html, optouts, sitemap_locs, visible_text_chars
-from corpusforge.crawl.page import FetchRequest, FetchResponse
+from corpusforge.crawl.page import CrawlOutcome, FetchRequest, FetchResponse, _Fetched, _Item, retry_after_s
 from corpusforge.crawl.robots import RobotsCache
 from corpusforge.crawl.settings import CrawlSettings
 from corpusforge.crawl.spider import SavedPage, Spider
@@ -48,32 +52,6 @@ RETRYABLE_STATUS = (429, 500, 502, 503, 504)
 REDIRECT_STATUS = (301, 302, 303, 307, 308)
 
 
-@dataclass
-class _Item:
-    url: str
-    depth: int
-    tries: int = 0
-
-
-@dataclass
-class _Fetched:
-    """A URL's final response, after its redirects, and what the later phases need with it."""
-
-    url: str  # the final URL (canonical; the item's own URL when there was no redirect)
-    host: str  # host_key(url)
-    delay: float  # seconds between request starts to host
-    resp: FetchResponse
-    previous: PageRecord | None  # the earlier crawl's record of url (None after a redirect)
-
-
-@dataclass
-class CrawlOutcome:
-    partial: bool
-    files: list[dict[str, Any]]
-    stats: StepStats
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def _previous_pages(folder: str | None) -> dict[str, PageRecord]:
     """What an earlier crawl (its folder) stored, by URL: the validators and links a re-crawl needs."""
     if folder is None:
@@ -83,18 +61,6 @@ def _previous_pages(folder: str | None) -> dict[str, PageRecord]:
         return old.pages()
     finally:
         old.close()
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 class Crawler:
@@ -246,15 +212,18 @@ class Crawler:
         self.host_next[host] = time.monotonic() + delay
         resp = self.backend.fetch(self._request(url, previous))
         # The delay counts between request starts; a slow response does not shorten it.
+        self._count_response(resp)
+        return resp
+
+    def _count_response(self, resp: FetchResponse) -> None:
         self._count("requests")
         self._count("bytes", len(resp.body))
         if resp.status:
             self._count(f"status_{resp.status}")
-        return resp
 
     def _retry_or_drop(self, item: _Item, host: str, delay: float, resp: FetchResponse, prefix: str = "") -> None:
         """A transient failure: requeue with backoff (and Retry-After), or drop once the budget is spent."""
-        retry_after = _retry_after_s(resp.headers.get("retry-after")) if resp.status in (429, 503) else None
+        retry_after = retry_after_s(resp.headers.get("retry-after")) if resp.status in (429, 503) else None
         if retry_after is not None and retry_after > self.s.max_retry_after_s:
             self._drop(item.url, "retry_after_too_long")
             return
@@ -286,24 +255,39 @@ class Crawler:
         if fetched is not None:
             self._on_response(item, fetched)
 
-    def _host_gate(self, item: _Item, url: str, host: str) -> float | None:
-        """Wait for ``host``'s slot if ``url`` may be fetched; the host's delay in seconds, or None."""
+    def _gate_decision(self, url: str, host: str) -> tuple[str | None, float]:
+        """Whether ``url`` may be fetched: (None, the host's delay in s) or (the reason it may not, 0).
+
+        Decides only (reads the robots rules, fetching them when not cached, and the skipped hosts); the
+        writer applies the outcome with ``_refuse``.
+        """
         if host in self.host_skip:
-            self._drop(item.url, self.host_skip[host])
-            return None
+            return self.host_skip[host], 0.0
         rules = self.robots.rules(host)
         if not rules.allowed(url, self.s.agent_token):
-            self._drop(item.url, "robots_disallowed" if rules.status == "ok" else "robots_unavailable")
-            self._count("robots_skips")
-            return None
+            return ("robots_disallowed" if rules.status == "ok" else "robots_unavailable"), 0.0
         delay = self._host_delay(host)
         if delay is None:
-            self.host_skip[host] = "crawl_delay_too_long"
+            return "crawl_delay_too_long", 0.0
+        return None, delay
+
+    def _refuse(self, item: _Item, host: str, reason: str) -> None:
+        """Drop ``item`` for a reason ``_gate_decision`` gave; the first Crawl-delay refusal skips the host."""
+        if reason in ("robots_disallowed", "robots_unavailable"):
+            self._count("robots_skips")
+        elif reason == "crawl_delay_too_long" and host not in self.host_skip:
+            self.host_skip[host] = reason
             log.warning(
                 "%s asks for a Crawl-delay above the cap of %.0f s: host skipped", host, self.s.max_crawl_delay_s
             )
             self._count("hosts_skipped")
-            self._drop(item.url, "crawl_delay_too_long")
+        self._drop(item.url, reason)
+
+    def _host_gate(self, item: _Item, url: str, host: str) -> float | None:
+        """Wait for ``host``'s slot if ``url`` may be fetched; the host's delay in seconds, or None."""
+        reason, delay = self._gate_decision(url, host)
+        if reason is not None:
+            self._refuse(item, host, reason)
             return None
         if not self._wait_for(host):
             self.queue.appendleft(item)  # stop requested: still queued in the frontier
@@ -523,26 +507,32 @@ class Crawler:
         del self.queue[pick]
         return item
 
-    def run(self) -> CrawlOutcome:
+    def _concurrent(self) -> bool:
+        """Whether this crawl runs through the pool of fetch threads (``concurrency`` > 1 and a backend that
+        does not render and may fetch from several threads)."""
+        if self.s.concurrency <= 1:
+            return False
+        if getattr(self.backend, "renders", "never") != "never" or not getattr(self.backend, "thread_safe", False):
+            log.info(
+                "concurrency is not yet supported for the %s backend: crawling one request at a time", self.s.backend
+            )
+            return False
+        return True
+
+    def run(self, pool: Callable[[Crawler], bool] | None = None) -> CrawlOutcome:
+        """Crawl until the queue is empty, a bound is reached or a stop is requested.
+
+        ``pool`` (``crawl.pool.run_pool``) runs the crawl over concurrent fetch threads when the settings ask for
+        it and the backend allows it; it returns whether the crawl stopped early. Otherwise the sequential loop.
+        """
         self._recover()
         if self.frontier.is_empty():
             for seed in [*self.seeds, *self.spider.sitemaps]:
                 self._admit(seed, 0)
             self._commit()
-        partial = False
         t0 = time.time()
         try:
-            while self.queue:
-                if self.ctx.stop_requested():
-                    partial = True
-                    break
-                if self.ctx.max_pages is not None and self._stored_total() >= self.ctx.max_pages:
-                    partial = True
-                    break
-                if self.s.max_pages is not None and self._stored_total() >= self.s.max_pages:
-                    self._count("stopped_at_max_pages")
-                    break
-                self._process(self._next_item())
+            partial = pool(self) if pool is not None and self._concurrent() else self._loop()
             self._commit()
         finally:
             if self.writer is not None:
@@ -550,6 +540,19 @@ class Crawler:
             self.frontier.close()
             self.backend.close()
         return self._outcome(partial, time.time() - t0)
+
+    def _loop(self) -> bool:
+        """The sequential crawl: one fetch at a time; True when it stopped early (a bound or a signal)."""
+        while self.queue:
+            if self.ctx.stop_requested():
+                return True
+            if self.ctx.max_pages is not None and self._stored_total() >= self.ctx.max_pages:
+                return True
+            if self.s.max_pages is not None and self._stored_total() >= self.s.max_pages:
+                self._count("stopped_at_max_pages")
+                return False
+            self._process(self._next_item())
+        return False
 
     def _outcome(self, partial: bool, seconds: float) -> CrawlOutcome:
         """The crawl's totals, read back from the committed frontier (all runs of a resumed crawl)."""

@@ -1,8 +1,14 @@
-"""Records passed between the crawler and the backends."""
+"""Records passed between the crawler, its fetch pool and the backends."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from corpusforge.crawl.frontier import PageRecord
+from corpusforge.stats import StepStats
 
 
 @dataclass
@@ -24,3 +30,42 @@ class FetchResponse:
     error: str | None = None  # a named failure: too_large, timeout, redirect_loop, scheme_refused, ...
     elapsed_s: float = 0.0
     rendered_html: str | None = None  # browser backends return the DOM after scripts ran
+
+
+@dataclass
+class _Item:
+    url: str
+    depth: int
+    tries: int = 0
+
+
+@dataclass
+class _Fetched:
+    """A URL's final response, after its redirects, and what the later phases need with it."""
+
+    url: str  # the final URL (canonical; the item's own URL when there was no redirect)
+    host: str  # host_key(url)
+    delay: float  # seconds between request starts to host
+    resp: FetchResponse
+    previous: PageRecord | None  # the earlier crawl's record of url (None after a redirect)
+
+
+@dataclass
+class CrawlOutcome:
+    partial: bool
+    files: list[dict[str, Any]]
+    stats: StepStats
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (a number, or an HTTP date from now), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

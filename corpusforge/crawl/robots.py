@@ -97,6 +97,10 @@ class RobotsCache:
             self._cache[host] = self._fetch(host)
         return self._cache[host]
 
+    def cached(self, host: str) -> RobotsRules | None:
+        """Rules for ``host`` if already fetched, else None (never fetches)."""
+        return self._cache.get(host)
+
     def _fetch(self, host: str) -> RobotsRules:
         import protego
 

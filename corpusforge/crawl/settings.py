@@ -47,6 +47,10 @@ class CrawlSettings:
     honour_noai: bool = True
     min_text_chars: Annotated[int, Min(0)] = 200
     previous: str | None = None
+    # Fetch threads over all hosts, and requests in flight per host. 1: the sequential loop (the default for
+    # now); above 1 a pool of fetch threads, for backends that do not render (others crawl sequentially).
+    concurrency: Annotated[int, Min(1), Max(256)] = 1
+    per_host_concurrency: Annotated[int, Min(1), Max(16)] = 1
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, defaults included: the stage's config, hashed to refuse a changed crawl folder."""

@@ -15,12 +15,15 @@ class CrawlStage(Stage):
 
     kind: ClassVar[str] = "crawl"
     schema: ClassVar[type | None] = CrawlSettings
+    # How many fetches run at once changes the speed and the order pages are stored in, never which pages
+    # are stored or how politely: a crawl may resume with another concurrency.
+    runtime_params: ClassVar[frozenset[str]] = frozenset({"concurrency", "per_host_concurrency"})
 
     def __init__(self, **params: Any) -> None:
         self.settings = CrawlSettings(**params)
 
     def config(self) -> dict[str, Any]:
-        return self.settings.to_dict()
+        return {k: v for k, v in self.settings.to_dict().items() if k not in self.runtime_params}
 
     def validate(self, path: str) -> None:
         from corpusforge.crawl.spider import load_spider
@@ -53,12 +56,13 @@ class CrawlStage(Stage):
 
     def run_task(self, ctx: StageContext, rank: int) -> TaskResult:
         from corpusforge.crawl.crawler import Crawler
+        from corpusforge.crawl.pool import run_pool
         from corpusforge.crawl.spider import load_spider
         from corpusforge.registry import BACKENDS
 
         s = self.settings
         backend = BACKENDS.get(s.backend)(user_agent=s.user_agent, timeout_s=s.timeout_s)
-        outcome = Crawler(load_spider(s.spider), backend, s, ctx).run()
+        outcome = Crawler(load_spider(s.spider), backend, s, ctx).run(pool=run_pool)
         return TaskResult(
             files=outcome.files, steps=[outcome.stats.to_dict()], extra=outcome.extra, partial=outcome.partial
         )

@@ -54,7 +54,8 @@ class LangchainBackend(RequestsFetcher):
 
         text = None
         try:
-            docs = self._loader(request, capture).load()
+            with self._lease(request.url) as session:
+                docs = self._loader(request, capture, session).load()
             if docs:
                 text = docs[0].page_content
                 self.loader_docs += 1
@@ -77,14 +78,14 @@ class LangchainBackend(RequestsFetcher):
         resp.loader_text = text  # type: ignore[attr-defined]
         return resp
 
-    def _loader(self, request: FetchRequest, on_response: Any) -> Any:
+    def _loader(self, request: FetchRequest, on_response: Any, session: Any) -> Any:
         """A ``WebBaseLoader`` for one URL on its host's session, redirects off, ``on_response`` reading the body."""
         from langchain_community.document_loaders import WebBaseLoader
 
         t = min(10.0, request.timeout_s)  # connect and read timeouts, s; the total deadline is on_response's
         return WebBaseLoader(
             web_paths=[request.url],
-            session=self._session(request.url),
+            session=session,
             requests_kwargs={
                 "headers": request.headers,
                 "allow_redirects": False,

@@ -1,0 +1,217 @@
+"""The concurrent crawl: ``concurrency`` fetch threads over a ``Scheduler`` of hosts, and one writer.
+
+``run_pool(crawler)`` is what ``Crawler.run`` calls when the settings ask for more than one fetch at a time
+and the backend does not render. Every rule of ``crawl/crawler.py`` still holds: the writer applies them
+through the crawler's own phases.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from corpusforge.crawl.crawler import REDIRECT_STATUS, Crawler
+from corpusforge.crawl.page import _Fetched, _Item
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Hop:
+    """A queued URL's place in its redirect chain (a scheduler entry's ``data``); None for the URL itself."""
+
+    item: _Item
+    chain: set[str]
+    hops: int
+
+
+class _Pool:
+    """``concurrency`` fetch threads and one writer, over a ``Scheduler`` of hosts.
+
+    The fetch threads do I/O only: they take a ticket (the scheduler keeps each host's delay between request
+    starts and its slots), fetch the host's robots.txt when it is not known yet (a request to the host: its
+    URL is queued again behind the delay) or the URL itself, and post the result. The writer (the thread that
+    runs ``Crawler.run``) owns the frontier, ``seen``, the pending lists and the segment writer: it applies
+    every rule through the sequential crawl's own phases, in the order results arrive, and turns their
+    requeues and host delays into scheduler pushes and holds. URLs in flight stay queued in the frontier until
+    a commit records them, so a kill -9 re-fetches at most those and the uncommitted segment's pages.
+    """
+
+    def __init__(self, crawler: Crawler) -> None:
+        from corpusforge.crawl.scheduler import Scheduler
+
+        self.c = crawler
+        s = crawler.s
+        per_host = s.per_host_concurrency
+        spider_limit = getattr(crawler.spider, "per_host_concurrency", None)
+        if spider_limit is not None:
+            per_host = min(per_host, int(spider_limit))  # a spider may only be stricter
+        self.base_delay = max(s.min_delay_s, crawler.spider.min_delay_s)
+        self.sched = Scheduler(delay_s=self._delay_s, concurrency=s.concurrency, per_host_concurrency=per_host)
+        self.results: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.stop = threading.Event()
+        self.robots_lock = threading.Lock()
+        self.robots_busy: dict[str, threading.Lock] = {}
+
+    # ------------------------------------------------------------------ shared reads
+    def _delay_s(self, host: str) -> float:
+        """The scheduler's delay for ``host`` (called with its lock held: reads cached robots rules only)."""
+        rules = self.c.robots.cached(host)
+        if rules is None or rules.crawl_delay_s is None or rules.crawl_delay_s > self.c.s.max_crawl_delay_s:
+            return self.base_delay
+        return max(self.base_delay, float(rules.crawl_delay_s))
+
+    # ------------------------------------------------------------------ fetch threads
+    def _worker(self) -> None:
+        while True:
+            ticket = self.sched.wait_for_ticket(self.stop)
+            if ticket is None:
+                return
+            try:
+                self.results.put(self._work(ticket))
+            except BaseException as exc:  # handed to the writer, which raises it
+                self.results.put(("error", ticket, exc))
+
+    def _work(self, ticket: Any) -> tuple[Any, ...]:
+        c, host = self.c, ticket.host
+        if c.robots.cached(host) is None:
+            with self.robots_lock:
+                lock = self.robots_busy.setdefault(host, threading.Lock())
+            with lock:
+                if c.robots.cached(host) is None:
+                    c.robots.rules(host)  # this ticket's request: the URL itself waits for the next one
+                    return ("robots", ticket, time.monotonic())
+            return ("robots", ticket, ticket.started_at)  # fetched by another thread meanwhile: ask again
+        reason, _ = c._gate_decision(ticket.url, host)
+        if reason is not None:
+            return ("refused", ticket, reason)
+        hop = ticket.entry.data
+        previous = c.previous.get(ticket.url) if hop is None else None
+        resp = c.backend.fetch(c._request(ticket.url, previous))
+        return ("fetched", ticket, resp, previous)
+
+    # ------------------------------------------------------------------ the writer
+    def _feed(self) -> None:
+        """Hand what the phases queued (links, retries) to the scheduler."""
+        c = self.c
+        while c.queue:
+            it = c.queue.popleft()
+            reason = self.sched.push(it.url, it.depth, it.tries)
+            if reason is not None:
+                c._drop(it.url, reason)
+
+    def _hold(self, host: str) -> None:
+        at = self.c.host_next.get(host)
+        if at is not None:
+            self.sched.hold(host, at)  # Retry-After and backoff, set by the phases: the whole host waits
+
+    @staticmethod
+    def _item(entry: Any) -> _Item:
+        hop = entry.data
+        return hop.item if hop is not None else _Item(entry.url, entry.depth, entry.tries)
+
+    def _apply(self, result: tuple[Any, ...]) -> None:
+        c = self.c
+        kind, ticket = result[0], result[1]
+        host, item = ticket.host, self._item(ticket.entry)
+        if kind == "error":
+            self.sched.cancel(ticket)
+            raise result[2]
+        if kind == "robots":
+            delay = c._host_delay(host)
+            if delay is None:
+                c._refuse(item, host, "crawl_delay_too_long")
+                for e in self.sched.skip_host(host, "crawl_delay_too_long"):
+                    c._drop(self._item(e).url, "crawl_delay_too_long")
+                self.sched.cancel(ticket)
+                return
+            # Counted from the robots.txt response's end: its start (a new connection) may reach the host
+            # late, and the host must never see the URL's request closer to it than the delay.
+            self.sched.hold(host, result[2] + delay)
+            reason = self.sched.requeue(ticket)
+            if reason is not None:
+                c._drop(item.url, reason)
+            return
+        if kind == "refused":
+            c._refuse(item, host, result[2])
+            if result[2] == "crawl_delay_too_long":
+                for e in self.sched.skip_host(host, result[2]):
+                    c._drop(self._item(e).url, result[2])
+            self.sched.cancel(ticket)
+            return
+        resp, previous = result[2], result[3]
+        c._count_response(resp)
+        delay = self._delay_s(host)
+        if resp.error or resp.status not in REDIRECT_STATUS:
+            c._on_response(item, _Fetched(ticket.url, host, delay, resp, previous))
+        else:
+            hop = ticket.entry.data or _Hop(item, {item.url}, 0)
+            hops = hop.hops + 1
+            target = c._redirect_target(item, ticket.url, resp, hop.chain, hops)
+            if target is not None:
+                reason = self.sched.push(target, item.depth, item.tries, front=True, data=_Hop(item, hop.chain, hops))
+                if reason is not None:
+                    c._drop(item.url, reason)
+        self._hold(host)
+        self._feed()
+        self.sched.done(ticket, time.monotonic())
+
+    def _stop_reason(self) -> str | None:
+        c = self.c
+        if c.ctx.stop_requested():
+            return "stop"
+        if c.ctx.max_pages is not None and c._stored_total() >= c.ctx.max_pages:
+            return "max_pages_flag"
+        if c.s.max_pages is not None and c._stored_total() >= c.s.max_pages:
+            return "max_pages"
+        return None
+
+    def run(self) -> bool:
+        """Crawl until nothing is left or a stop; True when stopped early (partial)."""
+        c = self.c
+        self._feed()
+        threads = [
+            threading.Thread(target=self._worker, name=f"crawl-fetch-{i}", daemon=True) for i in range(c.s.concurrency)
+        ]
+        for t in threads:
+            t.start()
+        stopped: str | None = None
+        try:
+            while True:
+                stopped = self._stop_reason()
+                if stopped is not None:
+                    break
+                if self.sched.unfinished() == 0 and self.results.empty():
+                    break
+                try:
+                    result = self.results.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                self._apply(result)
+        finally:
+            # No more tickets; fetches in flight end within their deadline (timeout_s).
+            self.sched.close()
+            self.stop.set()
+            for t in threads:
+                t.join(timeout=c.s.timeout_s + 5.0)
+        if stopped == "max_pages":
+            c._count("stopped_at_max_pages")
+        if stopped == "stop":
+            # What was in flight is kept: applied like any result (its URLs are otherwise still queued).
+            while True:
+                try:
+                    result = self.results.get_nowait()
+                except queue.Empty:
+                    break
+                if result[0] != "error":
+                    self._apply(result)  # a stored page is kept; what it queues waits in the frontier
+        return stopped in ("stop", "max_pages_flag")
+
+
+def run_pool(crawler: Crawler) -> bool:
+    """Run ``crawler``'s crawl over the fetch pool; True when it stopped early (a bound or a signal)."""
+    return _Pool(crawler).run()
