@@ -32,7 +32,7 @@ demo: $(VENV)/.demo
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
 
-# Everything but the tests marked slow (browser, kill -9, DDP, the demo): a lane under 2 minutes.
+# Everything but the tests marked slow (browser, kill -9, DDP, the demo, the crawl proofs): about 2 minutes.
 test-fast: $(VENV)/.dev
 	$(BIN)/python -m pytest -q -m "not slow"
 

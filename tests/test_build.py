@@ -24,6 +24,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("near_dedup", [True, False])
+@pytest.mark.slow
 def test_build_from_jsonl_writes_validated_token_shards(tmp_path, shared_data, near_dedup):
     text = (shared_data / "tinyshakespeare.txt").read_text()[:120_000]
     speeches = [s.replace("\n", " ") for s in text.split("\n\n") if len(s.split()) > 60]

@@ -266,6 +266,7 @@ def test_cli_plan_shows_stages(tmp_path):
     assert "test_source" in out.stdout and "clean" in out.stdout and "pending" in out.stdout
 
 
+@pytest.mark.slow
 def test_write_error_fails_clearly_without_marker_or_partial_file_and_rerun_succeeds(tmp_path):
     """A file-size limit makes writes fail with EFBIG, the way a full disk fails them."""
     import resource

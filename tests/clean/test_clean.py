@@ -213,6 +213,7 @@ def test_clean_stage_keeps_rejects_in_rejected_folder_with_reasons(tmp_path):
     assert next(s for s in steps if s["name"] == "pii")["counters"] == {"pii_email": 1}
 
 
+@pytest.mark.slow
 def test_clean_stage_output_does_not_depend_on_workers(tmp_path):
     docs, _ = _clean_inputs()
     _shards(tmp_path / "in", docs, per_file=3)
@@ -255,6 +256,7 @@ def _html_recipe(tmp_path, steps: list[dict], workers: int = 1):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.slow
 def test_an_extractor_that_cannot_import_fails_with_the_fix_and_the_rerun_recovers(tmp_path, workers):
     """jusText (under trafilatura) without lxml_html_clean: before, every page became extract_error and the clean
     stage was sealed with 0 documents. Now the task fails at once, saying what to install, visible without -v."""

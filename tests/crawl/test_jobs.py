@@ -101,6 +101,7 @@ def test_max_runtime_stops_as_partial_and_resumes(tmp_path, slow_server):
     assert len(_pages(slow_server)) == 31
 
 
+@pytest.mark.slow
 def test_crawl_command_with_scrapy_backend_and_max_pages(tmp_path):
     s = FaultServer(routes=slow_site(6, 0.0))
     try:

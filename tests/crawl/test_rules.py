@@ -47,6 +47,9 @@ from tests.crawl.test_crawl import (  # noqa: F401  (backend and servers are fix
 
 UA = "corpusforge-rules/1.0 (+mailto:crawler@127.0.0.1)"
 
+# Proofs of the crawl rules, many per backend: the full suite (CI) runs them, make test-fast does not.
+pytestmark = pytest.mark.slow
+
 
 def _names(docs) -> set[str]:
     return {d.url.rsplit("/", 1)[1] for d in docs}

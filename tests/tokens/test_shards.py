@@ -74,6 +74,7 @@ def test_fast_encoder_ids_are_identical_to_tokenizers(bpe):
     assert enc.stats["mismatches"] == 0 and enc.stats["table_resets"] > 0 and enc.stats["exact_fallback_docs"] >= 1
 
 
+@pytest.mark.slow
 def test_fast_encoder_agrees_with_tokenizers_on_code_points(bpe):
     # Every code point up to U+3100, every 97th above it, and each whitespace character, in the contexts where
     # pre-tokenizing is subtle (before/after spaces and letters, doubled, at the end).

@@ -22,6 +22,7 @@ from tests.conftest import cli_env  # noqa: E402
 from tests.train.test_train import TINY, tokens  # noqa: E402,F401  (the module's tokens fixture)
 
 
+@pytest.mark.slow
 def test_export_writes_safetensors_and_no_pickle(tokens, tmp_path):  # noqa: F811
     """39: the export folder holds model.safetensors and no pytorch_model.bin, *.pkl, *.pt or *.pth."""
     from safetensors.torch import load_file

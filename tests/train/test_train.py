@@ -162,6 +162,7 @@ def test_nan_loss_stops_and_keeps_the_good_checkpoint(tokens, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("pos", ["learned", "sinusoidal"])
+@pytest.mark.slow
 def test_export_to_transformers_matches_logits_and_generates(tokens, tmp_path, pos):
     transformers = pytest.importorskip("transformers")
     from corpusforge.train.export import export_gpt2, load_model
@@ -219,6 +220,7 @@ def test_ddp_with_two_gloo_processes(tokens, tmp_path):
     assert sorted(losses) == list(range(1, 21)) and losses[20] < losses[1]
 
 
+@pytest.mark.slow
 def test_a_flipped_byte_in_the_shards_is_refused_before_training(tokens, tmp_path):
     """A shard altered after the tokens stage wrote it fails loudly (sha256 against the manifest), by the
     trainer and by the CLI with exit 1, before any checkpoint exists."""
@@ -345,6 +347,7 @@ def _tiny_sets(**over):
     return [x for k, v in (TINY | over).items() for x in ("--set", f"{k}={v}")]
 
 
+@pytest.mark.slow
 def test_a_second_trainer_on_the_same_folder_exits_locked(tokens, tmp_path):
     import signal
     import time
@@ -371,6 +374,7 @@ def test_a_second_trainer_on_the_same_folder_exits_locked(tokens, tmp_path):
     assert first.returncode == PARTIAL, err
 
 
+@pytest.mark.slow
 def test_train_on_a_folder_that_is_not_token_shards_says_what_it_is(tmp_path):
     from corpusforge.errors import DONE
     from corpusforge.recipe import validate_recipe
@@ -389,6 +393,7 @@ def test_train_on_a_folder_that_is_not_token_shards_says_what_it_is(tmp_path):
         assert len(lines) == 1 and what in lines[0] and "not token shards" in lines[0], p.stderr
 
 
+@pytest.mark.slow
 def test_every_checkpoint_corrupt_fails_unless_forced(tokens, tmp_path):
     from corpusforge.errors import DONE, FAILED, ShardError
 
