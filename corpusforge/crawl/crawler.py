@@ -9,12 +9,12 @@ A discovered URL is admitted (scheme, offsite, traps) before it is queued; a que
 the phases of ``Crawler._process``: host gate (robots, Crawl-delay, slot) → fetch with redirects (each hop
 gated again) → response (status, sitemap, content type, opt-outs, unchanged) → HTML (render, links, store).
 
-With ``concurrency`` = 1 (the default for now) the loop fetches one page at a time and waits for each host's
-next slot. Above 1, for a backend that does not render, ``crawl.pool`` runs that many fetch threads over a
-``Scheduler`` of hosts (``per_host_concurrency`` requests in flight per host, the delay between request
-starts): the threads do the I/O, this thread (the writer) applies every rule above through the same phases
-and alone owns the frontier and the segment writer (``crawl/pool.py``). Rendering backends stay sequential
-for now.
+With ``concurrency`` above 1 (default 16) and a backend that may fetch from several threads (all of ours
+but a custom one that says otherwise), ``crawl.pool`` runs that many fetch threads over a ``Scheduler`` of
+hosts (``per_host_concurrency`` requests in flight per host, the delay between request starts): the threads
+do the I/O, browser renders included, and this thread (the writer) applies every rule above through the
+same phases and alone owns the frontier and the segment writer (``crawl/pool.py``). With ``concurrency`` = 1
+the loop below fetches one page at a time and waits for each host's next slot.
 """
 
 from __future__ import annotations
@@ -92,6 +92,8 @@ class Crawler:
         self.segment_no = 0
         self.writer: ShardWriter | None = None
         self.in_segment = 0
+        # Set by the pool: renders go back to the fetch threads instead of running in this thread.
+        self.render_later: Callable[[_Item, _Fetched, list[str], str], None] | None = None
 
     # ------------------------------------------------------------------ state
     def _recover(self) -> None:
@@ -392,14 +394,34 @@ class Crawler:
         return True
 
     def _on_html(self, item: _Item, f: _Fetched, html: str, flags: list[str], digest: str) -> None:
-        """Render the page if the backend asks to, then store it and queue its links."""
-        rendered = False
-        if self._needs_render(html):
-            got = self._render(item, f, flags)
-            if got is None:
-                return
-            html, flags = got
-            rendered = True
+        """Render the page if the backend asks to, then store it and queue its links.
+
+        With ``render_later`` set (the pool), the render is handed back to the fetch threads as a request of
+        its own, and ``_rendered`` then ``_keep`` finish the page when it comes back.
+        """
+        if not self._needs_render(html):
+            self._keep(item, f, html, flags, digest)
+            return
+        if self.render_later is not None:
+            self.render_later(item, f, flags, digest)
+            return
+        # The render is a second request to the same host: wait for its slot like any other.
+        if not self._wait_for(f.host):
+            self.queue.appendleft(item)
+            return
+        self.host_next[f.host] = time.monotonic() + f.delay
+        r = self.backend.render(self._request(f.url))
+        # We cannot see when Chromium's request reached the host (it may leave well after driver.get),
+        # so the next slot counts from the end of the render: the host never sees a shorter gap.
+        self.host_next[f.host] = max(self.host_next[f.host], time.monotonic() + f.delay)
+        got = self._rendered(item, f, r, flags)
+        if got is not None:
+            self._keep(item, f, got[0], got[1], digest, rendered=True)
+
+    def _keep(
+        self, item: _Item, f: _Fetched, html: str, flags: list[str], digest: str, *, rendered: bool = False
+    ) -> None:
+        """Store the page and queue its links."""
         links: list[str] = []
         if item.depth < self.spider.max_depth + 1:
             links = self.spider.parse(SavedPage(url=f.url, html=html, parser=self.parser))
@@ -409,17 +431,8 @@ class Crawler:
         for link in links:
             self._admit(link, item.depth + 1)
 
-    def _render(self, item: _Item, f: _Fetched, flags: list[str]) -> tuple[str, list[str]] | None:
-        """The page's HTML after its scripts ran, and its opt-outs with the rendered page's added."""
-        # The render is a second request to the same host: wait for its slot like any other.
-        if not self._wait_for(f.host):
-            self.queue.appendleft(item)
-            return None
-        self.host_next[f.host] = time.monotonic() + f.delay
-        r = self.backend.render(self._request(f.url))
-        # We cannot see when Chromium's request reached the host (it may leave well after driver.get),
-        # so the next slot counts from the end of the render: the host never sees a shorter gap.
-        self.host_next[f.host] = max(self.host_next[f.host], time.monotonic() + f.delay)
+    def _rendered(self, item: _Item, f: _Fetched, r: FetchResponse, flags: list[str]) -> tuple[str, list[str]] | None:
+        """The rendered page's HTML and its opt-outs with the rendered page's added; None when it ends here."""
         self._count("renders")
         if r.error:
             if r.error in RETRYABLE_ERRORS:
@@ -507,15 +520,22 @@ class Crawler:
         del self.queue[pick]
         return item
 
+    def limits(self) -> tuple[int, int]:
+        """(fetches in flight over all hosts, per host): the recipe's, or the spider's where it is stricter."""
+        conc, per_host = self.s.concurrency, self.s.per_host_concurrency
+        if self.spider.concurrency is not None:
+            conc = min(conc, self.spider.concurrency)
+        if self.spider.per_host_concurrency is not None:
+            per_host = min(per_host, self.spider.per_host_concurrency)
+        return conc, per_host
+
     def _concurrent(self) -> bool:
         """Whether this crawl runs through the pool of fetch threads (``concurrency`` > 1 and a backend that
-        does not render and may fetch from several threads)."""
-        if self.s.concurrency <= 1:
+        may fetch from several threads at once)."""
+        if self.limits()[0] <= 1:
             return False
-        if getattr(self.backend, "renders", "never") != "never" or not getattr(self.backend, "thread_safe", False):
-            log.info(
-                "concurrency is not yet supported for the %s backend: crawling one request at a time", self.s.backend
-            )
+        if not getattr(self.backend, "thread_safe", False):
+            log.info("the %s backend fetches from one thread only: crawling one request at a time", self.s.backend)
             return False
         return True
 

@@ -21,6 +21,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class _Render:
+    """A page whose static HTML is fetched and checked, queued again for the browser (a request of its own)."""
+
+    item: _Item
+    fetched: _Fetched
+    flags: list[str]
+    digest: str
+
+
+@dataclass
 class _Hop:
     """A queued URL's place in its redirect chain (a scheduler entry's ``data``); None for the URL itself."""
 
@@ -46,12 +56,10 @@ class _Pool:
 
         self.c = crawler
         s = crawler.s
-        per_host = s.per_host_concurrency
-        spider_limit = getattr(crawler.spider, "per_host_concurrency", None)
-        if spider_limit is not None:
-            per_host = min(per_host, int(spider_limit))  # a spider may only be stricter
+        self.concurrency, per_host = crawler.limits()  # a spider may only be stricter
         self.base_delay = max(s.min_delay_s, crawler.spider.min_delay_s)
-        self.sched = Scheduler(delay_s=self._delay_s, concurrency=s.concurrency, per_host_concurrency=per_host)
+        self.sched = Scheduler(delay_s=self._delay_s, concurrency=self.concurrency, per_host_concurrency=per_host)
+        crawler.render_later = self._render_later
         self.results: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.stop = threading.Event()
         self.robots_lock = threading.Lock()
@@ -86,10 +94,12 @@ class _Pool:
                     c.robots.rules(host)  # this ticket's request: the URL itself waits for the next one
                     return ("robots", ticket, time.monotonic())
             return ("robots", ticket, ticket.started_at)  # fetched by another thread meanwhile: ask again
+        hop = ticket.entry.data
+        if isinstance(hop, _Render):  # robots and the host's rules were checked on its static fetch
+            return ("rendered", ticket, c.backend.render(c._request(ticket.url)))
         reason, _ = c._gate_decision(ticket.url, host)
         if reason is not None:
             return ("refused", ticket, reason)
-        hop = ticket.entry.data
         previous = c.previous.get(ticket.url) if hop is None else None
         resp = c.backend.fetch(c._request(ticket.url, previous))
         return ("fetched", ticket, resp, previous)
@@ -103,6 +113,12 @@ class _Pool:
             reason = self.sched.push(it.url, it.depth, it.tries)
             if reason is not None:
                 c._drop(it.url, reason)
+
+    def _render_later(self, item: _Item, f: _Fetched, flags: list[str], digest: str) -> None:
+        """The crawler's hook: a page to render goes ahead of its host's queue, behind the host's delay."""
+        reason = self.sched.push(f.url, item.depth, item.tries, front=True, data=_Render(item, f, flags, digest))
+        if reason is not None:
+            self.c._drop(item.url, reason)
 
     def _hold(self, host: str) -> None:
         at = self.c.host_next.get(host)
@@ -143,6 +159,16 @@ class _Pool:
                     c._drop(self._item(e).url, result[2])
             self.sched.cancel(ticket)
             return
+        if kind == "rendered":
+            r, pending = result[2], ticket.entry.data
+            got = c._rendered(pending.item, pending.fetched, r, pending.flags)
+            if got is not None:
+                c._keep(pending.item, pending.fetched, got[0], got[1], pending.digest, rendered=True)
+            self._hold(host)
+            self._feed()
+            # Chromium's requests may reach the host after driver.get returned: the delay counts from the end.
+            self.sched.done(ticket, time.monotonic(), gap_from_end=True)
+            return
         resp, previous = result[2], result[3]
         c._count_response(resp)
         delay = self._delay_s(host)
@@ -175,7 +201,7 @@ class _Pool:
         c = self.c
         self._feed()
         threads = [
-            threading.Thread(target=self._worker, name=f"crawl-fetch-{i}", daemon=True) for i in range(c.s.concurrency)
+            threading.Thread(target=self._worker, name=f"crawl-fetch-{i}", daemon=True) for i in range(self.concurrency)
         ]
         for t in threads:
             t.start()

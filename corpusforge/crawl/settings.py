@@ -15,7 +15,7 @@ DEFAULT_UA = "corpusforge/0.1 (+https://github.com/corpusforge/corpusforge; craw
 class CrawlSettings:
     """Crawl ``spider`` (``spiders/x.toml`` or ``module:Class``) with ``backend``.
 
-    Politeness defaults: one request at a time per host, ``min_delay_s`` = 1 s between request starts
+    Politeness defaults: 16 fetches in flight over all hosts, one request at a time per host, ``min_delay_s`` = 1 s between request starts
     (a spider may only ask for more), ``Crawl-delay`` honoured up to ``max_crawl_delay_s`` = 30 s (a host asking
     for more is skipped and reported), ``Retry-After`` honoured up to 300 s, 3 retries with exponential
     backoff from 1 s. Safety defaults: 5 MiB decompressed body cap, a 30 s total deadline per fetch,
@@ -47,10 +47,12 @@ class CrawlSettings:
     honour_noai: bool = True
     min_text_chars: Annotated[int, Min(0)] = 200
     previous: str | None = None
-    # Fetch threads over all hosts, and requests in flight per host. 1: the sequential loop (the default for
-    # now); above 1 a pool of fetch threads, for backends that do not render (others crawl sequentially).
-    concurrency: Annotated[int, Min(1), Max(256)] = 1
+    # Fetches in flight over all hosts (a pool of fetch threads over a scheduler of hosts; 1: the sequential
+    # loop), requests in flight per host, and headless Chromiums for the rendering backends (selenium, auto).
+    # A spider's [politeness] may lower the first two. None changes which pages are stored: runtime settings.
+    concurrency: Annotated[int, Min(1), Max(256)] = 16
     per_host_concurrency: Annotated[int, Min(1), Max(16)] = 1
+    browsers: Annotated[int, Min(1), Max(32)] = 1
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, defaults included: the stage's config, hashed to refuse a changed crawl folder."""

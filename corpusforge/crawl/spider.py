@@ -10,8 +10,10 @@ A spider is a TOML file (``spiders/<name>.toml``)::
     max_depth = 3
     sitemaps = ["https://docs.python.org/sitemap.xml"]  # optional: their <loc> URLs are queued like links
     selectors = ["div.body"]       # main-content CSS selectors for extraction (optional)
-    [politeness]                   # only stricter than the recipe's floor
+    [politeness]                   # only ever stricter than the recipe's settings
     min_delay_s = 2.0
+    per_host_concurrency = 1       # requests in flight per host (the recipe's, if lower)
+    concurrency = 8                # fetches in flight over all hosts (the recipe's, if lower)
     [[checks]]                     # offline checks against saved pages (corpusforge check)
     page = "python_docs/pages/json.html"
     url = "https://docs.python.org/3/library/json.html"
@@ -53,6 +55,9 @@ class Spider:
     selectors: list[str] = field(default_factory=list)
     sitemaps: list[str] = field(default_factory=list)  # sitemap (or sitemap index) URLs, read like seeds
     min_delay_s: float = 0.0  # per-site politeness; the crawler uses max(recipe floor, this)
+    # None: the recipe's. Otherwise the crawler uses min(recipe, this): a spider may only be stricter.
+    concurrency: int | None = None
+    per_host_concurrency: int | None = None
     checks: list[dict[str, Any]] = field(default_factory=list)
     base_dir: Path = Path(".")
 
@@ -125,8 +130,11 @@ _KEYS: dict[str, Any] = {
 }
 
 
-def _check_table(raw: dict[str, Any]) -> float:
-    """Check a spider file's table (paths are its keys); returns its ``politeness.min_delay_s`` in seconds."""
+_POLITENESS = {"min_delay_s": (float, 0.0), "concurrency": (int, 1), "per_host_concurrency": (int, 1)}
+
+
+def _check_table(raw: dict[str, Any]) -> dict[str, Any]:
+    """Check a spider file's table (paths are its keys); returns its ``[politeness]`` values."""
     for k, v in raw.items():
         if k not in _KEYS:
             raise ConfigError(f"unknown key; allowed: {', '.join(_KEYS)}", path=k)
@@ -135,12 +143,15 @@ def _check_table(raw: dict[str, Any]) -> float:
         if k not in raw:
             raise ConfigError("required key is missing", path=k)
     pol = raw.get("politeness", {})
-    for k in pol:
-        if k != "min_delay_s":
-            raise ConfigError("unknown key; allowed: min_delay_s", path=f"politeness.{k}")
-    delay = float(check_value(pol.get("min_delay_s", 0.0), float, "politeness.min_delay_s"))
-    if delay < 0:
-        raise ConfigError(f"must be >= 0, got {delay}", path="politeness.min_delay_s")
+    out: dict[str, Any] = {}
+    for k, v in pol.items():
+        if k not in _POLITENESS:
+            raise ConfigError(f"unknown key; allowed: {', '.join(_POLITENESS)}", path=f"politeness.{k}")
+        kind, least = _POLITENESS[k]
+        value = check_value(v, kind, f"politeness.{k}")
+        if value < least:
+            raise ConfigError(f"must be >= {least}, got {value}", path=f"politeness.{k}")
+        out[k] = kind(value)
     if raw.get("max_depth", 5) < 0:
         raise ConfigError("must be >= 0", path="max_depth")
     for i, pat in enumerate(raw.get("include", []) + raw.get("exclude", [])):
@@ -148,7 +159,7 @@ def _check_table(raw: dict[str, Any]) -> float:
             re.compile(pat)
         except re.error as exc:
             raise ConfigError(f"bad regular expression {pat!r}: {exc}", path=f"include/exclude[{i}]") from exc
-    return delay
+    return out
 
 
 def load_spider(ref: str, *, path: str = "spider") -> Spider:
@@ -171,7 +182,7 @@ def load_spider(ref: str, *, path: str = "spider") -> Spider:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"not valid TOML: {exc}", file=str(file)) from exc
     try:
-        delay = _check_table(raw)
+        politeness = _check_table(raw)
     except ConfigError as exc:
         raise ConfigError(str(exc), file=str(file)) from None
     return Spider(
@@ -183,7 +194,9 @@ def load_spider(ref: str, *, path: str = "spider") -> Spider:
         max_depth=raw.get("max_depth", 5),
         selectors=raw.get("selectors", []),
         sitemaps=raw.get("sitemaps", []),
-        min_delay_s=delay,
+        min_delay_s=politeness.get("min_delay_s", 0.0),
+        concurrency=politeness.get("concurrency"),
+        per_host_concurrency=politeness.get("per_host_concurrency"),
         checks=raw.get("checks", []),
         base_dir=file.parent,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,7 +18,7 @@ class CrawlStage(Stage):
     schema: ClassVar[type | None] = CrawlSettings
     # How many fetches run at once changes the speed and the order pages are stored in, never which pages
     # are stored or how politely: a crawl may resume with another concurrency.
-    runtime_params: ClassVar[frozenset[str]] = frozenset({"concurrency", "per_host_concurrency"})
+    runtime_params: ClassVar[frozenset[str]] = frozenset({"concurrency", "per_host_concurrency", "browsers"})
 
     def __init__(self, **params: Any) -> None:
         self.settings = CrawlSettings(**params)
@@ -61,7 +62,10 @@ class CrawlStage(Stage):
         from corpusforge.registry import BACKENDS
 
         s = self.settings
-        backend = BACKENDS.get(s.backend)(user_agent=s.user_agent, timeout_s=s.timeout_s)
+        backend_cls = BACKENDS.get(s.backend)
+        wanted = inspect.signature(backend_cls).parameters
+        extra = {k: getattr(s, k) for k in ("browsers", "concurrency") if k in wanted}
+        backend = backend_cls(user_agent=s.user_agent, timeout_s=s.timeout_s, **extra)
         outcome = Crawler(load_spider(s.spider), backend, s, ctx).run(pool=run_pool)
         return TaskResult(
             files=outcome.files, steps=[outcome.stats.to_dict()], extra=outcome.extra, partial=outcome.partial

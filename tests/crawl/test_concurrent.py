@@ -1,4 +1,4 @@
-"""The concurrent crawl (issue 13, static backends): many hosts at once, every per-host rule kept.
+"""The concurrent crawl (issue 13): many hosts at once, every per-host rule kept.
 
 Loopback hosts 127.0.0.1 – 127.0.0.4, one server each; handlers record each request's [start, end] so the
 tests can prove at most ``per_host_concurrency`` requests in flight per host and the delay between starts.
@@ -187,15 +187,54 @@ def test_sigterm_mid_concurrent_crawl_exits_partial_and_the_rerun_completes(tmp_
     assert validate_folder(tmp_path / "w" / "crawl") == []
 
 
-def test_a_backend_without_the_pool_crawls_sequentially(tmp_path, servers, caplog):  # noqa: F811
-    """scrapy (not safe from several threads yet) with concurrency 8: the sequential loop, and a log line."""
+def test_a_backend_that_is_not_thread_safe_crawls_sequentially(tmp_path, servers, caplog):  # noqa: F811
+    """A plug-in backend that does not say ``thread_safe``, with concurrency 8: never two fetches at once."""
+    from corpusforge.crawl.backend import RequestsFetcher
+    from corpusforge.registry import BACKENDS
     from tests.crawl.test_crawl import site
 
-    s = servers(routes=site(3))
-    with caplog.at_level("INFO", logger="corpusforge.crawl.crawler"):
-        res, docs, step = crawl(tmp_path, [s.base + "/"], ["127.0.0.1"], backend="scrapy", concurrency=8)
-    assert res.status == DONE and len(docs) == 4
-    assert "concurrency is not yet supported for the scrapy backend" in caplog.text
+    class OneThread(RequestsFetcher):
+        name = "one-thread"
+        thread_safe = False
+        busy = threading.Lock()
+        overlaps = 0
+
+        def fetch(self, request):
+            if not OneThread.busy.acquire(blocking=False):
+                OneThread.overlaps += 1
+                OneThread.busy.acquire()
+            try:
+                time.sleep(0.02)
+                return super().fetch(request)
+            finally:
+                OneThread.busy.release()
+
+    BACKENDS.add("one-thread-test", OneThread)
+    try:
+        made = [servers(host=h, routes=site(3)) for h in HOSTS[:3]]
+        with caplog.at_level("INFO", logger="corpusforge.crawl.crawler"):
+            res, docs, step = crawl(
+                tmp_path, [m.base + "/" for m in made], list(HOSTS[:3]), backend="one-thread-test", concurrency=8
+            )
+    finally:
+        del BACKENDS._targets["one-thread-test"]
+    assert res.status == DONE and len(docs) == 3 * 4
+    assert OneThread.overlaps == 0
+    assert "fetches from one thread only: crawling one request at a time" in caplog.text
+
+
+def test_the_scrapy_backend_fetches_hosts_in_parallel_through_its_engine(tmp_path, servers):  # noqa: F811
+    """scrapy with concurrency 8: its downloader runs our requests at once, each host within its slot."""
+    spans, n = Spans(), 3
+    made = [servers(host=h, routes=slow_site(spans, h, n, 0.3)) for h in HOSTS]
+    res, docs, step = crawl(
+        tmp_path, [m.base + "/" for m in made], list(HOSTS), backend="scrapy", min_delay_s=0.05, concurrency=8
+    )
+    assert res.status == DONE and len(docs) == len(HOSTS) * (n + 1)
+    for m in made:
+        assert m.paths()[0] == "/robots.txt"
+        assert max_overlap(spans.by_host[m.host]) <= 1, m.host
+    assert max_overlap([s for sp in spans.by_host.values() for s in sp]) >= 3  # hosts fetched at once
 
 
 def test_concurrency_is_not_part_of_the_crawl_config():

@@ -84,8 +84,12 @@ def _error_name(failure: Any) -> str:
     return "data_loss" if "connection" in text else "fetch_error"
 
 
-def _settings(user_agent: str | None, timeout_s: float, reactor: Any) -> dict[str, Any]:
-    """Scrapy settings that leave every crawl rule to our crawler and keep only the I/O limits."""
+def _settings(user_agent: str | None, timeout_s: float, reactor: Any, concurrency: int = 16) -> dict[str, Any]:
+    """Scrapy settings that leave every crawl rule to our crawler and keep only the I/O limits.
+
+    Scrapy's own bounds are set so they never bind before ours: the crawler's scheduler keeps the per-host
+    slots and delays, Scrapy's downloader runs whatever it is handed at once (its slots key by host name, not
+    port, and would serialize hosts that differ only by port)."""
     return {
         "LOG_ENABLED": False,
         "TELNETCONSOLE_ENABLED": False,
@@ -97,7 +101,9 @@ def _settings(user_agent: str | None, timeout_s: float, reactor: Any) -> dict[st
         "AUTOTHROTTLE_ENABLED": False,
         "HTTPPROXY_ENABLED": False,
         "DOWNLOAD_DELAY": 0,  # the crawler's per-host delay
-        "CONCURRENT_REQUESTS_PER_DOMAIN": 1,
+        "CONCURRENT_REQUESTS": max(16, concurrency),
+        "CONCURRENT_REQUESTS_PER_DOMAIN": max(16, concurrency),
+        "CONCURRENT_REQUESTS_PER_IP": 0,
         "DOWNLOAD_TIMEOUT": timeout_s,
         "DOWNLOAD_WARNSIZE": 0,
         "DOWNLOAD_FAIL_ON_DATALOSS": True,
@@ -123,12 +129,15 @@ class ScrapyBackend:
     name: ClassVar[str] = "scrapy"
     parser: ClassVar[str] = "lxml"  # links are parsed by the crawler (Scrapy's selectors are lxml too)
     renders: ClassVar[str] = "never"
+    # fetch() may be called from several threads: each hands its request to the one engine, whose downloader
+    # runs them concurrently on the reactor thread.
+    thread_safe: ClassVar[bool] = True
 
     @staticmethod
     def check_available() -> None:
         require("scrapy", "scrapy")
 
-    def __init__(self, *, user_agent: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(self, *, user_agent: str | None = None, timeout_s: float = 30.0, concurrency: int = 16) -> None:
         self.check_available()
         import scrapy
         from scrapy import signals
@@ -164,7 +173,7 @@ class ScrapyBackend:
             def _idle(self) -> None:
                 raise DontCloseSpider
 
-        runner = CrawlerRunner(_settings(user_agent, timeout_s, reactor))
+        runner = CrawlerRunner(_settings(user_agent, timeout_s, reactor, concurrency))
         self._crawler: Any = runner.create_crawler(Bridge)
         self._done = blockingCallFromThread(reactor, lambda: runner.crawl(self._crawler) and None)
         if not opened.wait(30):

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from typing import Any, ClassVar
@@ -155,7 +157,145 @@ def driver_pid(service: Any) -> int | None:
     return process.pid if process is not None else None
 
 
+class _Browser:
+    """One headless Chromium (and its chromedriver) of a backend's pool: started on first use, recreated after a
+    crash, each generation in a profile folder of its own under the backend's ``profile_root``."""
+
+    def __init__(self, owner: SeleniumBackend, index: int) -> None:
+        self.owner = owner
+        self.index = index
+        self.driver: Any = None
+        self.group: int | None = None
+        self.generation = 0
+        self.page_timeout_s: float | None = None
+        self.cookie_key: str | None = None  # host key of the pages whose cookies the browser may hold
+        self.restarts = 0
+
+    def start(self) -> Any:
+        webdriver = require("selenium.webdriver", "browser")
+        from selenium.webdriver.chrome.options import Options
+
+        o = self.owner
+        self.generation += 1
+        profile = os.path.join(o.profile_root, f"profile-{self.index}-{self.generation}")
+        opts = Options()
+        opts.binary_location = o.browser_path
+        for flag in CHROME_FLAGS:
+            opts.add_argument(flag)
+        if os.geteuid() == 0:
+            opts.add_argument("--no-sandbox")  # Chromium refuses to start its sandbox as root
+        opts.add_argument(f"--user-data-dir={profile}")
+        if o.user_agent:
+            opts.add_argument(f"--user-agent={o.user_agent}")
+        # Selenium would send its commands to chromedriver (on loopback) through $http_proxy. Its suggested
+        # replacement, a ClientConfig, is not accepted by webdriver.Chrome in the versions we support.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            opts.ignore_local_proxy_environment_variables()
+        service = direct_service(
+            executable_path=o.driver_path,
+            log_output=subprocess.DEVNULL,
+            popen_kw={"start_new_session": True},  # its own process group, which the reaper kills
+        )
+        t0 = time.monotonic()
+        try:
+            driver = webdriver.Chrome(service=service, options=opts)
+        except Exception:
+            pid = driver_pid(service)
+            if pid is not None:
+                kill_group(pid)
+            raise
+        finally:
+            pid = driver_pid(service)
+            if pid is not None:
+                o.tell_reaper(str(pid))
+        self.group = driver_pid(service)
+        try:  # the browser asks for /favicon.ico on its own: not a page we chose to fetch
+            driver.execute_cdp_cmd("Network.enable", {})
+            driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/favicon.ico"]})
+        except Exception as exc:
+            log.debug("could not block favicon requests: %s", exc)
+        self.page_timeout_s = None
+        self.cookie_key = None  # a fresh profile: no cookies yet, but clear before the first page anyway
+        log.info("started headless Chromium %d in %.1f s (%s)", self.index, time.monotonic() - t0, o.browser_path)
+        return driver
+
+    def stop(self) -> None:
+        driver, self.driver = self.driver, None
+        if driver is not None:
+            try:
+                driver.quit()
+            except Exception as exc:  # a dead browser cannot be asked to quit
+                log.debug("browser quit failed: %s", exc)
+        if self.group is not None:
+            kill_group(self.group)  # whatever quit() left behind
+            self.owner.tell_reaper(f"-{self.group}")
+            self.group = None
+
+    def recycle(self) -> None:
+        self.restarts += 1
+        self.stop()
+
+    def render(self, request: FetchRequest) -> FetchResponse:
+        from selenium.common.exceptions import TimeoutException
+
+        t0 = time.monotonic()
+
+        def failed(error: str) -> FetchResponse:
+            return FetchResponse(request.url, request.url, 0, {}, b"", error=error, elapsed_s=time.monotonic() - t0)
+
+        try:
+            if self.driver is None:
+                self.driver = self.start()
+            if self.page_timeout_s != request.timeout_s:
+                # Seconds, not Chromium's default of 300 s: a hanging page must not stall the crawl.
+                self.driver.set_page_load_timeout(request.timeout_s)
+                self.driver.set_script_timeout(request.timeout_s)
+                self.page_timeout_s = request.timeout_s
+            # Chromium keys cookies by host, not port or scheme: forget every cookie whenever the page's
+            # ``scheme://host:port`` differs from the last rendered one, so none set by one page reaches
+            # another host, scheme or port (the same one-jar-per-host-key rule as the static fetches).
+            key = host_key(request.url)
+            if key != self.cookie_key:
+                self.cookie_key = None  # unknown until the clear is confirmed
+                self.driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
+                self.cookie_key = key
+            self.driver.get(request.url)
+            # page_source and current_url in one WebDriver call instead of two.
+            got = self.driver.execute_script(PAGE_SOURCE_AND_URL)
+            if not (isinstance(got, list) and len(got) == 2 and all(isinstance(x, str) for x in got)):
+                got = [self.driver.page_source, self.driver.current_url]
+            html, final = got
+        except TimeoutException:
+            log.info("page load timed out after %.1f s: %s", request.timeout_s, request.url)
+            try:  # reuse the session when it still answers
+                self.driver.execute_script("window.stop();")
+                self.driver.get("about:blank")
+            except Exception:
+                self.recycle()
+            return failed("timeout")
+        except Exception as exc:  # WebDriverException, or chromedriver gone (urllib3 connection errors)
+            log.warning("browser failed on %s (%s): restarting it", request.url, str(exc).splitlines()[0][:200])
+            self.recycle()
+            return failed("browser_crashed")
+        if len(html.encode("utf-8", errors="replace")) > request.max_bytes:
+            return failed("too_large")
+        return FetchResponse(request.url, final, 200, {}, b"", rendered_html=html, elapsed_s=time.monotonic() - t0)
+
+
+def kill_group(pgid: int) -> None:
+    import signal
+
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 class SeleniumBackend(RequestsFetcher):
+    """Static fetches through requests; renders through a pool of ``browsers`` headless Chromiums (default 1),
+    each leased to one render at a time, so fetch threads may render at once, one page per browser."""
+
     name: ClassVar[str] = "selenium"  # type: ignore[misc]
     parser: ClassVar[str] = "lxml"  # type: ignore[misc]
     renders: ClassVar[str] = "always"  # type: ignore[misc]
@@ -165,8 +305,10 @@ class SeleniumBackend(RequestsFetcher):
         require("selenium", "browser")
         find_browser()
 
-    def __init__(self, *, user_agent: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(self, *, user_agent: str | None = None, timeout_s: float = 30.0, browsers: int = 1) -> None:
         super().__init__(user_agent=user_agent, timeout_s=timeout_s)
+        if browsers < 1:
+            raise ValueError(f"browsers must be at least 1, got {browsers}")
         self.check_available()
         self.browser_path, self.driver_path = find_browser()
         # CORPUSFORGE_BROWSER_TMP: where profile folders go (tests use it to find leftovers).
@@ -181,148 +323,46 @@ class SeleniumBackend(RequestsFetcher):
             start_new_session=True,
             close_fds=True,
         )
-        self._driver: Any = None
-        self._group: int | None = None
-        self._generation = 0
-        self._page_timeout_s: float | None = None
-        self._cookie_key: str | None = None  # host key of the pages whose cookies the browser may hold
-        self.restarts = 0
+        self._reaper_lock = threading.Lock()
+        self._browsers = [_Browser(self, i) for i in range(browsers)]
+        self._idle: queue.LifoQueue[_Browser] = queue.LifoQueue()  # LIFO: the warm browser goes first
+        for b in reversed(self._browsers):
+            self._idle.put(b)
 
-    # -- the browser's life
-    def _start(self) -> Any:
-        webdriver = require("selenium.webdriver", "browser")
-        from selenium.webdriver.chrome.options import Options
+    @property
+    def restarts(self) -> int:
+        return sum(b.restarts for b in self._browsers)
 
-        self._generation += 1
-        profile = os.path.join(self.profile_root, f"profile-{self._generation}")
-        opts = Options()
-        opts.binary_location = self.browser_path
-        for flag in CHROME_FLAGS:
-            opts.add_argument(flag)
-        if os.geteuid() == 0:
-            opts.add_argument("--no-sandbox")  # Chromium refuses to start its sandbox as root
-        opts.add_argument(f"--user-data-dir={profile}")
-        if self.user_agent:
-            opts.add_argument(f"--user-agent={self.user_agent}")
-        # Selenium would send its commands to chromedriver (on loopback) through $http_proxy. Its suggested
-        # replacement, a ClientConfig, is not accepted by webdriver.Chrome in the versions we support.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            opts.ignore_local_proxy_environment_variables()
-        service = direct_service(
-            executable_path=self.driver_path,
-            log_output=subprocess.DEVNULL,
-            popen_kw={"start_new_session": True},  # its own process group, which the reaper kills
-        )
-        t0 = time.monotonic()
-        try:
-            driver = webdriver.Chrome(service=service, options=opts)
-        except Exception:
-            pid = driver_pid(service)
-            if pid is not None:
-                self._kill_group(pid)
-            raise
-        finally:
-            pid = driver_pid(service)
-            if pid is not None:
-                self._tell_reaper(str(pid))
-        self._group = driver_pid(service)
-        try:  # the browser asks for /favicon.ico on its own: not a page we chose to fetch
-            driver.execute_cdp_cmd("Network.enable", {})
-            driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/favicon.ico"]})
-        except Exception as exc:
-            log.debug("could not block favicon requests: %s", exc)
-        self._page_timeout_s = None
-        self._cookie_key = None  # a fresh profile: no cookies yet, but clear before the first page anyway
-        log.info("started headless Chromium in %.1f s (%s)", time.monotonic() - t0, self.browser_path)
-        return driver
+    @property
+    def _group(self) -> int | None:
+        """The first running browser's process group (chromedriver's), for tests that kill it."""
+        return next((b.group for b in self._browsers if b.group is not None), None)
 
-    def _tell_reaper(self, line: str) -> None:
-        if self._reaper is not None and self._reaper.stdin is not None:
-            try:
-                self._reaper.stdin.write(line.encode() + b"\n")
-                self._reaper.stdin.flush()
-            except OSError:
-                pass
-
-    @staticmethod
-    def _kill_group(pgid: int) -> None:
-        import signal
-
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except OSError:
-            pass
-
-    def _stop_browser(self) -> None:
-        driver, self._driver = self._driver, None
-        if driver is not None:
-            try:
-                driver.quit()
-            except Exception as exc:  # a dead browser cannot be asked to quit
-                log.debug("browser quit failed: %s", exc)
-        if self._group is not None:
-            self._kill_group(self._group)  # whatever quit() left behind
-            self._tell_reaper(f"-{self._group}")
-            self._group = None
-
-    def _recycle(self) -> None:
-        self.restarts += 1
-        self._stop_browser()
+    def tell_reaper(self, line: str) -> None:
+        with self._reaper_lock:
+            if self._reaper is not None and self._reaper.stdin is not None:
+                try:
+                    self._reaper.stdin.write(line.encode() + b"\n")
+                    self._reaper.stdin.flush()
+                except OSError:
+                    pass
 
     # -- the Backend protocol
     def render(self, request: FetchRequest) -> FetchResponse:
-        from selenium.common.exceptions import TimeoutException
-
-        t0 = time.monotonic()
-
-        def failed(error: str) -> FetchResponse:
-            return FetchResponse(request.url, request.url, 0, {}, b"", error=error, elapsed_s=time.monotonic() - t0)
-
+        browser = self._idle.get()  # waits while every browser renders
         try:
-            if self._driver is None:
-                self._driver = self._start()
-            if self._page_timeout_s != request.timeout_s:
-                # Seconds, not Chromium's default of 300 s: a hanging page must not stall the crawl.
-                self._driver.set_page_load_timeout(request.timeout_s)
-                self._driver.set_script_timeout(request.timeout_s)
-                self._page_timeout_s = request.timeout_s
-            # Chromium keys cookies by host, not port or scheme: forget every cookie whenever the page's
-            # ``scheme://host:port`` differs from the last rendered one, so none set by one page reaches
-            # another host, scheme or port (the same one-jar-per-host-key rule as the static fetches).
-            key = host_key(request.url)
-            if key != self._cookie_key:
-                self._cookie_key = None  # unknown until the clear is confirmed
-                self._driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
-                self._cookie_key = key
-            self._driver.get(request.url)
-            # page_source and current_url in one WebDriver call instead of two.
-            got = self._driver.execute_script(PAGE_SOURCE_AND_URL)
-            if not (isinstance(got, list) and len(got) == 2 and all(isinstance(x, str) for x in got)):
-                got = [self._driver.page_source, self._driver.current_url]
-            html, final = got
-        except TimeoutException:
-            log.info("page load timed out after %.1f s: %s", request.timeout_s, request.url)
-            try:  # reuse the session when it still answers
-                self._driver.execute_script("window.stop();")
-                self._driver.get("about:blank")
-            except Exception:
-                self._recycle()
-            return failed("timeout")
-        except Exception as exc:  # WebDriverException, or chromedriver gone (urllib3 connection errors)
-            log.warning("browser failed on %s (%s): restarting it", request.url, str(exc).splitlines()[0][:200])
-            self._recycle()
-            return failed("browser_crashed")
-        if len(html.encode("utf-8", errors="replace")) > request.max_bytes:
-            return failed("too_large")
-        return FetchResponse(request.url, final, 200, {}, b"", rendered_html=html, elapsed_s=time.monotonic() - t0)
+            return browser.render(request)
+        finally:
+            self._idle.put(browser)
 
     def close(self) -> None:
         super().close()
         try:
-            self._stop_browser()
+            for b in self._browsers:
+                b.stop()
         finally:
-            reaper, self._reaper = self._reaper, None
+            with self._reaper_lock:
+                reaper, self._reaper = self._reaper, None
             if reaper is not None:
                 if reaper.stdin is not None:
                     reaper.stdin.close()  # EOF: the reaper sweeps and removes the profile folder
