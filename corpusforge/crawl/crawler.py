@@ -31,6 +31,7 @@ from urllib.parse import urljoin
 from corpusforge.crawl.frontier import Frontier, PageRecord
 from corpusforge.crawl.html import charset_of, decode_html, optouts, sitemap_locs, visible_text_chars
 from corpusforge.crawl.page import CrawlOutcome, FetchRequest, FetchResponse, _Fetched, _Item, retry_after_s
+from corpusforge.crawl.progress import CrawlProgress, Sample, progress_interval_s
 from corpusforge.crawl.robots import RobotsCache
 from corpusforge.crawl.settings import CrawlSettings
 from corpusforge.crawl.spider import SavedPage, Spider
@@ -550,6 +551,8 @@ class Crawler:
             for seed in [*self.seeds, *self.spider.sitemaps]:
                 self._admit(seed, 0)
             self._commit()
+        bounds = [b for b in (self.ctx.max_pages, self.s.max_pages) if b is not None]
+        self.progress = CrawlProgress(interval_s=progress_interval_s(), max_pages=min(bounds) if bounds else None)
         t0 = time.time()
         try:
             partial = pool(self) if pool is not None and self._concurrent() else self._loop()
@@ -572,6 +575,7 @@ class Crawler:
                 self._count("stopped_at_max_pages")
                 return False
             self._process(self._next_item())
+            self.progress.tick(lambda: Sample(stored=self._stored_total(), queued=len(self.queue)))
         return False
 
     def _outcome(self, partial: bool, seconds: float) -> CrawlOutcome:

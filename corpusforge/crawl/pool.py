@@ -16,6 +16,7 @@ from typing import Any
 
 from corpusforge.crawl.crawler import REDIRECT_STATUS, Crawler
 from corpusforge.crawl.page import _Fetched, _Item
+from corpusforge.crawl.progress import Sample
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,16 @@ class _Pool:
         self._feed()
         self.sched.done(ticket, time.monotonic())
 
+    def _sample(self) -> Sample:
+        snap = self.sched.snapshot(time.monotonic())
+        return Sample(
+            stored=self.c._stored_total(),
+            queued=snap.queued,
+            in_flight=snap.in_flight,
+            hosts_active=snap.hosts_active,
+            hosts_waiting=snap.hosts_waiting,
+        )
+
     def _stop_reason(self) -> str | None:
         c = self.c
         if c.ctx.stop_requested():
@@ -213,6 +224,7 @@ class _Pool:
                     break
                 if self.sched.unfinished() == 0 and self.results.empty():
                     break
+                c.progress.tick(self._sample)
                 try:
                     result = self.results.get(timeout=0.1)
                 except queue.Empty:

@@ -126,7 +126,7 @@ def _recipe(tmp_path: Path, bases: list[str], backend: str, **extra) -> Path:
     allowed = ", ".join(f'"{h}"' for h in HOSTS)
     spider.write_text(f'name = "t"\nseeds = [{seeds}]\nallowed_domains = [{allowed}]\n')
     recipe = tmp_path / "r.toml"
-    params = {"min_delay_s": 0.0, "segment_pages": 4, "concurrency": 8} | extra
+    params = {"min_delay_s": 0.0, "segment_pages": 4, "concurrency": 16} | extra
     lines = ['name = "t"', "[[stages]]", 'kind = "crawl"', f'spider = "{spider}"', f'backend = "{backend}"']
     lines += [f"{k} = {v}" for k, v in params.items()]
     recipe.write_text("\n".join(lines) + "\n")
@@ -147,14 +147,14 @@ def test_kill_minus_9_mid_concurrent_crawl_then_resume_stores_every_page_exactly
     killed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert killed.returncode == 137, killed.stderr
     before = len(_pages(made))
-    assert 11 <= before <= 11 + 8  # at most `concurrency` fetched but not yet applied
+    assert 11 <= before <= 11 + 16  # at most `concurrency` fetched but not yet applied
     rerun = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60)
     assert rerun.returncode == DONE, rerun.stderr
     urls = [d.url for d in iter_documents(manifest_paths(tmp_path / "w" / "crawl"))]
     total = len(HOSTS) * (n + 1)
     assert len(urls) == len(set(urls)) == total
     refetched = len(_pages(made)) - total
-    assert 0 < refetched <= 3 + 8  # the uncommitted segment's pages and what was in flight
+    assert 0 < refetched <= 3 + 16  # the uncommitted segment's pages and what was in flight
     assert validate_folder(tmp_path / "w" / "crawl") == []
 
 
@@ -250,3 +250,158 @@ def test_concurrency_is_not_part_of_the_crawl_config():
         for extra in ({}, {"concurrency": 16})
     ]
     assert plans[0] == plans[1]
+
+
+JS_PAGE = (
+    "<html><body><div id='x'></div><script>document.getElementById('x').textContent="
+    "'rendered by a script ' + 'lorem ipsum '.repeat(30)</script></body></html>"
+)
+
+
+@pytest.mark.slow  # starts two headless Chromiums
+@pytest.mark.parametrize("name", ["selenium", "auto"])
+def test_browsers_render_several_hosts_at_once_each_host_within_its_rules(tmp_path, servers, monkeypatch, name):  # noqa: F811
+    """A pool of two browsers: renders of different hosts overlap, every host keeps one request at a time and
+    the delay between starts (a render is a request of its own), and no browser outlives the crawl."""
+    from tests.crawl.test_browser import leftovers
+
+    browser_tmp = tmp_path / "browser"
+    browser_tmp.mkdir()
+    monkeypatch.setenv("CORPUSFORGE_BROWSER_TMP", str(browser_tmp))
+    spans, n, delay, sleep = Spans(), 2, 0.3, 0.4
+    made = []
+    for h in HOSTS[:3]:
+        routes = slow_site(spans, h, n, sleep)
+        routes["/p0.html"] = spans.slow(h, JS_PAGE[len("<html><body>") : -len("</body></html>")], sleep)
+        made.append(servers(host=h, routes=routes))
+    res, docs, step = crawl(
+        tmp_path,
+        [m.base + "/" for m in made],
+        list(HOSTS[:3]),
+        backend=name,
+        min_delay_s=delay,
+        concurrency=8,
+        browsers=2,
+        min_text_chars=5,  # auto: the plain pages (the index: "p0p1") have enough static text, p0 none
+    )
+    assert res.status == DONE
+    assert sorted(d.url for d in docs) == sorted(m.base + p for m in made for p in ("/", "/p0.html", "/p1.html"))
+    rendered = [d.url.rsplit("/", 1)[1] for d in docs if d.metadata.get("rendered")]
+    if name == "selenium":
+        assert len(rendered) == len(docs) == 9 and step["counters"]["renders"] == 9
+    else:  # only the script-built page has too little static text
+        assert rendered == ["p0.html"] * 3 and step["counters"]["renders"] == 3
+        assert all("rendered by a script" in d.html for d in docs if d.url.endswith("/p0.html"))
+    for m in made:
+        assert m.paths()[0] == "/robots.txt", m.host
+        starts = sorted(h.t for h in m.log)
+        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        assert min(gaps) >= delay - 0.02, (m.host, gaps)
+        assert max_overlap(spans.by_host[m.host]) <= 1, m.host
+    if name == "selenium":
+        # Browser loads of different hosts at once: more than one browser was rendering.
+        renders = [(h.t, h.t + sleep) for m in made for h in m.log if "sec-ch-ua" in h.headers]
+        assert len(renders) == 9 and max_overlap(renders) >= 2
+    assert leftovers(browser_tmp) == []
+
+
+@pytest.mark.slow  # about 4 s: the hanging robots.txt
+def test_a_robots_txt_that_times_out_does_not_stall_the_other_hosts(tmp_path, servers):  # noqa: F811
+    spans = Spans()
+
+    def hang(h):
+        time.sleep(4.5)  # past the robots.txt timeout (3 s here)
+        h.reply(200, {"Content-Type": "text/plain"}, b"User-agent: *\nDisallow:\n")
+
+    stuck_routes = slow_site(spans, HOSTS[0], 3, 0.01)
+    stuck_routes["/robots.txt"] = hang
+    stuck = servers(host=HOSTS[0], routes=stuck_routes)
+    fast = [servers(host=h, routes=slow_site(spans, h, 5, 0.01)) for h in HOSTS[1:]]
+    res, docs, step = crawl(
+        tmp_path,
+        [stuck.base + "/", *(m.base + "/" for m in fast)],
+        list(HOSTS),
+        backend="requests+lxml",
+        min_delay_s=0.1,
+        concurrency=8,
+        timeout_s=3.0,
+    )
+    assert res.status == DONE
+    assert stuck.paths() == ["/robots.txt"]  # unreachable robots.txt: nothing else of that host is fetched
+    assert step["dropped"]["robots_unavailable"] == 1
+    assert sorted(d.url for d in docs) == sorted(
+        m.base + p for m in fast for p in ["/", *(f"/p{i}.html" for i in range(5))]
+    )
+    robots_start = stuck.log[0].t
+    assert max(h.t for m in fast for h in m.log) < robots_start + 3.0  # all done while it still hung
+
+
+def _spider_recipe(tmp_path: Path, bases: list[str], politeness: str, **params) -> dict:
+    spider = tmp_path / "spider.toml"
+    seeds = ", ".join(f'"{b}/"' for b in bases)
+    allowed = ", ".join(f'"{h}"' for h in HOSTS)
+    spider.write_text(f'name = "t"\nseeds = [{seeds}]\nallowed_domains = [{allowed}]\n[politeness]\n{politeness}\n')
+    stage = {"kind": "crawl", "spider": str(spider), "min_delay_s": 0.0, "timeout_s": 5.0} | params
+    return {"name": "t", "workdir": str(tmp_path / "w"), "stages": [stage]}
+
+
+@pytest.mark.parametrize(
+    ("politeness", "per_host_most", "all_most"),
+    [
+        ("min_delay_s = 0.0", 3, 8),  # the control: the recipe's 3 per host are used
+        ("per_host_concurrency = 1", 1, 8),
+        ("per_host_concurrency = 5", 3, 8),  # never looser than the recipe
+        ("concurrency = 2", 2, 2),
+        ("concurrency = 1", 1, 1),
+    ],
+)
+def test_a_spider_may_only_make_the_crawl_stricter(tmp_path, servers, politeness, per_host_most, all_most):  # noqa: F811
+    """The recipe asks for 3 per host and 8 in all; the spider's [politeness] may lower either, not raise it."""
+    from corpusforge.recipe import validate_recipe
+    from corpusforge.runner import run_recipe
+
+    spans = Spans()
+    made = [servers(host=h, routes=slow_site(spans, h, 6, 0.15)) for h in HOSTS[:3]]
+    recipe = _spider_recipe(tmp_path, [m.base for m in made], politeness, concurrency=8, per_host_concurrency=3)
+    assert run_recipe(validate_recipe(recipe)).status == DONE
+    per_host = max(max_overlap(spans.by_host[m.host]) for m in made)
+    overall = max_overlap([s for sp in spans.by_host.values() for s in sp])
+    assert per_host <= per_host_most and overall <= all_most, (per_host, overall)
+    if per_host_most > 1 and all_most > 2:
+        assert per_host > 1, (per_host, overall)  # the limit was reached, so it is what held
+    if all_most > 1:
+        assert overall > 1, (per_host, overall)
+
+
+@pytest.mark.parametrize(
+    ("politeness", "message"),
+    [
+        ("concurrency = 0", "politeness.concurrency: must be >= 1"),
+        ("per_host_concurrency = -2", "politeness.per_host_concurrency: must be >= 1"),
+        ("concurrency = 'many'", "politeness.concurrency"),
+        ("browsers = 2", "politeness.browsers: unknown key; allowed: min_delay_s, concurrency, per_host_concurrency"),
+    ],
+)
+def test_a_bad_politeness_value_names_the_spider_file_and_the_key(tmp_path, politeness, message):
+    from corpusforge.crawl.spider import load_spider
+    from corpusforge.errors import ConfigError
+
+    recipe = _spider_recipe(tmp_path, ["http://127.0.0.1:1"], politeness)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_spider(recipe["stages"][0]["spider"])
+    assert "spider.toml" in str(info.value)
+
+
+@pytest.mark.slow  # a CLI run of a few seconds
+def test_progress_lines_while_crawling_without_control_characters(tmp_path, servers):  # noqa: F811
+    spans, n = Spans(), 9
+    made = [servers(host=h, routes=slow_site(spans, h, n, 0.05)) for h in HOSTS]
+    recipe = _recipe(tmp_path, [m.base for m in made], "requests+lxml", min_delay_s=0.1)
+    cmd = [sys.executable, "-m", "corpusforge.cli", "run", str(recipe), "--workdir", "w", "--max-pages", "30"]
+    env = cli_env() | {"CORPUSFORGE_PROGRESS_S": "0.2"}
+    got = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert got.returncode == PARTIAL, got.stderr
+    lines = [x for x in got.stderr.splitlines() if "crawl: " in x and "pages stored" in x]
+    assert len(lines) >= 2, got.stderr
+    assert all("pages/s" in x and "hosts " in x and "queued" in x and "ETA " in x for x in lines), lines
+    assert "\r" not in got.stdout + got.stderr and "\x1b" not in got.stdout + got.stderr

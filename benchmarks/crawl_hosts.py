@@ -1,0 +1,518 @@
+"""Concurrent crawl over many hosts: pages/s of each corpusforge backend under a per-host delay, against bare
+Scrapy with the same rules, with politeness violations counted from the server's own access log.
+
+The site: ``--hosts`` loopback hosts (127.0.0.1 … 127.0.0.64 by default; Linux routes all of 127/8 to the
+loopback), one listening socket each (the same port on every host when it is free), each with a robots.txt
+allowing all, an index linking to its ``--pages`` pages of ~300 words, and pages linking to a few pages of
+their host and to the same page on two other hosts (h+1 and h+7). Every response, robots.txt included, is
+delayed ``--latency`` (50 ms) by the server. The server runs in a process of its own (this script with a hidden
+``--serve``), so its threads do not compete with the crawler for the GIL; it logs every request (host, path,
+monotonic start when its handler began, end after the response was written) and hands the log over after
+each run. Run: ``python benchmarks/crawl_hosts.py [--quick] [--only requests+lxml,bare-scrapy]``.
+
+The rules, for everyone: at most one request in flight per host and ``--delay`` (0.25 s) between the starts
+of two requests to a host, robots.txt obeyed (it counts as a request to its host). The politeness limit is
+hosts ÷ delay (256 pages/s for 64 hosts), and ``ratio_to_limit`` is pages/s against it. The runs, one after
+another on the same site: ours with the requests+lxml, requests+bs4, scrapy and langchain backends (concurrency
+64, per_host_concurrency 1, min_delay_s 0.25), selenium (4 browsers) on a smaller site of 8 hosts (its own limit,
+8 ÷ 0.25 = 32 pages/s; each of its pages costs two requests, the static fetch and the browser's, so it can reach
+half of that at most), ours sequential (concurrency 1, capped with max_pages: only its pages/s matters), and a
+plain ``scrapy.Spider`` (``bare-scrapy``) with DOWNLOAD_DELAY, CONCURRENT_REQUESTS_PER_DOMAIN=1,
+CONCURRENT_REQUESTS=64 and ROBOTSTXT_OBEY. A violation, from the access log of the run: a request to a host
+starting less than delay − ``--tolerance`` (10 ms) after the previous one to that host, or while another
+request to that host is still in flight (a sweep line over the logged intervals). A request breaking both
+rules counts once.
+
+Fairness notes. Module imports (and pyarrow's one-time lazy import of pandas) happen before the clock starts on
+both sides; ours is timed around ``run_recipe`` (the whole stage: workdir, robots.txt, canonical URLs, the
+durable frontier, Arrow segments, and for selenium the start of its Chromiums), bare Scrapy from building its
+``CrawlerProcess`` to the end of its reactor. Bare Scrapy runs in a subprocess (Twisted's reactor cannot be
+restarted), so it has a process to itself as ours has this one; both share the machine with the server process
+alike. Pages are what the crawl stored (ours) or the distinct URLs Scrapy parsed with status 200 as HTML: its
+start URLs bypass its dupefilter, so it fetches each index a second time when a page links back to it (those
+extra responses are counted in the pages check, not in pages/s; their requests are in the access log). Scrapy
+2.19's asyncio downloader may start several queued requests of one slot at once (see ``benchmarks/crawl.py``);
+the peer is run with the settings above and nothing else, and what the server sees is reported as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+# The repository root, not benchmarks/ (whose tokenize.py would shadow the standard library's).
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from benchmarks._harness import parser, print_keyvals, print_table  # noqa: E402
+
+RUNS = ("requests+lxml", "requests+bs4", "scrapy", "langchain", "selenium", "sequential", "bare-scrapy")
+
+
+def host_ip(h: int) -> str:
+    return f"127.0.0.{h + 1}"
+
+
+# ---------------------------------------------------------------------------------------------- the site
+
+
+def site_pages(hosts: int, pages: int, ports: list[int]) -> dict[tuple[str, str], bytes]:
+    """(host IP, path) → body: robots.txt, the index and the pages of every host."""
+    out: dict[tuple[str, str], bytes] = {}
+    for h in range(hosts):
+        ip = host_ip(h)
+        out[ip, "/robots.txt"] = b"User-agent: *\nAllow: /\n"
+        out[ip, "/"] = (
+            f"<html><head><title>host {h}</title></head><body><h1>Host {h}</h1>"
+            + "".join(f'<a href="/p/{i}.html">page {i}</a> ' for i in range(pages))
+            + "</body></html>"
+        ).encode()
+        for i in range(pages):
+            links = ['<a href="/">home</a>']
+            links += [f'<a href="/p/{(i + k) % pages}.html">next {k}</a>' for k in (1, 3)]
+            for other in ((h + 1) % hosts, (h + 7) % hosts):  # cross-host: the same page on two other hosts
+                links.append(f'<a href="http://{host_ip(other)}:{ports[other]}/p/{i}.html">host {other}</a>')
+            text = " ".join(f"w{(h * 131 + i * 17 + j * 7) % 499}" for j in range(300))
+            out[ip, f"/p/{i}.html"] = (
+                f"<html><head><title>h{h} p{i}</title></head><body><h1>Host {h}, page {i}</h1>"
+                f"<p>{text}</p>{' '.join(links)}</body></html>"
+            ).encode()
+    return out
+
+
+def serve(hosts: int, pages: int, latency: float) -> None:
+    """The hidden ``--serve`` mode: serve the site until stdin says ``quit`` or closes (no orphan if the parent
+    dies). First stdout line: the ports; each ``dump`` line on stdin → the access log since the last dump."""
+    import socketserver
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    log: list[tuple[str, str, float, float, int]] = []
+    lock = threading.Lock()
+    in_flight = [0]
+    content: dict[tuple[str, str], bytes] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+        disable_nagle_algorithm = True
+
+        def do_GET(self) -> None:  # noqa: N802
+            start = time.monotonic()
+            with lock:
+                in_flight[0] += 1
+            status = 0
+            try:
+                host, path = self.server.server_address[0], self.path.split("?")[0]
+                body = content.get((host, path))
+                status = 200 if body is not None else 404
+                body = body or b"not found"
+                time.sleep(latency)
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain" if path == "/robots.txt" else "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+            finally:
+                with lock:
+                    log.append((str(self.server.server_address[0]), self.path, start, time.monotonic(), status))
+                    in_flight[0] -= 1
+
+        def log_message(self, *a: Any) -> None:
+            return
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 128  # socketserver's default of 5 drops SYNs when a client connects in a burst
+
+        def server_bind(self) -> None:  # HTTPServer's would reverse-resolve every address (getfqdn)
+            socketserver.TCPServer.server_bind(self)
+            self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+    servers: list[Server] = []
+    port = 0
+    for h in range(hosts):
+        try:
+            srv = Server((host_ip(h), port), Handler)
+        except OSError:  # taken on this address: any free port
+            srv = Server((host_ip(h), 0), Handler)
+        if h == 0:
+            port = srv.server_address[1]
+        servers.append(srv)
+    ports = [int(s.server_address[1]) for s in servers]
+    content.update(site_pages(hosts, pages, ports))
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    print(json.dumps({"ports": ports}), flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "dump":
+            deadline = time.monotonic() + 5.0
+            while in_flight[0] and time.monotonic() < deadline:  # let requests still in flight finish
+                time.sleep(0.01)
+            with lock:
+                entries, log[:] = list(log), []
+            print(json.dumps(entries), flush=True)
+        elif cmd == "quit":
+            break
+    for srv in servers:
+        srv.server_close()
+
+
+class Site:
+    """The server process and how to reach it."""
+
+    def __init__(self, hosts: int, pages: int, latency: float) -> None:
+        self.hosts, self.pages = hosts, pages
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve"]
+        cmd += ["--hosts", str(hosts), "--pages", str(pages), "--latency", str(latency)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            line = self.proc.stdout.readline() if self.proc.stdout else ""
+            if not line:
+                raise RuntimeError(f"the site's server did not start (exit code {self.proc.wait(5)})")
+            self.ports: list[int] = json.loads(line)["ports"]
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def ips(self) -> list[str]:
+        return [host_ip(h) for h in range(self.hosts)]
+
+    @property
+    def seeds(self) -> list[str]:
+        return [f"http://{ip}:{port}/" for ip, port in zip(self.ips, self.ports, strict=True)]
+
+    @property
+    def total(self) -> int:
+        return self.hosts * (self.pages + 1)
+
+    def dump(self) -> list[tuple[str, str, float, float, int]]:
+        """The access log since the last dump (and reset it)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("dump\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the site's server is gone")
+        return [tuple(e) for e in json.loads(line)]  # type: ignore[misc]
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None and self.proc.stdin is not None:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+                self.proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        finally:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------- violations
+
+
+def politeness(log: list[tuple[str, str, float, float, int]], delay: float, tolerance: float, per_host: int) -> dict:
+    """Violations per the module docstring, the smallest gap between starts to one host, the most requests
+    in flight to one host, and the offending requests (host, previous path, path, gap in ms, in flight)."""
+    by_host: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for host, path, start, end, _status in log:
+        by_host[host].append((start, end, path))
+    bad: list[tuple[str, str, str, float, int]] = []
+    min_gap, max_in_flight = float("inf"), 0
+    for host, reqs in by_host.items():
+        reqs.sort()
+        gaps = [float("inf")] + [reqs[i][0] - reqs[i - 1][0] for i in range(1, len(reqs))]
+        # Sweep line: ends sort before starts at the same instant (touching intervals do not overlap).
+        events = sorted(
+            [(s, 1, i) for i, (s, _, _) in enumerate(reqs)] + [(e, 0, i) for i, (_, e, _) in enumerate(reqs)]
+        )
+        flying, at_start = 0, [0] * len(reqs)
+        for _, kind, i in events:
+            if kind:
+                flying += 1
+                at_start[i] = flying
+                max_in_flight = max(max_in_flight, flying)
+            else:
+                flying -= 1
+        for i, (_, _, path) in enumerate(reqs):
+            min_gap = min(min_gap, gaps[i])
+            if gaps[i] < delay - tolerance or at_start[i] > per_host:
+                bad.append((host, reqs[i - 1][2] if i else "-", path, gaps[i] * 1000, at_start[i]))
+    return {"violations": len(bad), "min_gap_ms": min_gap * 1000, "max_in_flight": max_in_flight, "bad": bad}
+
+
+# ---------------------------------------------------------------------------------------------- the crawlers
+
+WARM_MODULES = {
+    "requests+lxml": ("corpusforge.crawl.backends.requests_lxml", "requests", "lxml.html"),
+    "requests+bs4": ("corpusforge.crawl.backends.requests_bs4", "requests", "lxml.html", "bs4"),
+    "scrapy": ("corpusforge.crawl.backends.scrapy", "scrapy", "scrapy.crawler", "lxml.html"),
+    "langchain": ("corpusforge.crawl.backends.langchain", "requests", "bs4", "langchain_community.document_loaders"),
+    "selenium": ("corpusforge.crawl.backends.selenium", "requests", "lxml.html", "selenium.webdriver"),
+}
+
+
+def warm_imports(backend: str) -> None:
+    """Import what a crawl with ``backend`` imports lazily, so that the clock does not count imports."""
+    import importlib
+    import warnings
+
+    import pyarrow as pa
+
+    from corpusforge.storage import DOC_SCHEMA
+
+    mods = ("corpusforge.crawl.crawler", "corpusforge.crawl.pool", "corpusforge.crawl.stage", "protego")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # langchain_community announces its sunset on import
+        for mod in (*mods, *WARM_MODULES.get(backend, ())):
+            importlib.import_module(mod)
+    pa.RecordBatch.from_pylist([], schema=DOC_SCHEMA)  # pyarrow imports pandas on first use
+
+
+def ours(
+    backend: str,
+    site: Site,
+    *,
+    delay: float,
+    concurrency: int,
+    browsers: int | None = None,
+    max_pages: int | None = None,
+) -> tuple[int, float]:
+    """One crawl stage over every host of ``site`` in a fresh workdir: (pages stored, seconds)."""
+    from corpusforge.recipe import validate_recipe
+    from corpusforge.runner import run_recipe
+
+    warm_imports(backend)
+    with tempfile.TemporaryDirectory() as tmp:
+        spider = Path(tmp) / "hosts.toml"
+        spider.write_text(
+            f'name = "hosts"\nseeds = {json.dumps(site.seeds)}\nallowed_domains = {json.dumps(site.ips)}\nmax_depth = 3\n'
+        )
+        stage: dict[str, Any] = {
+            "kind": "crawl",
+            "spider": str(spider),
+            "backend": backend,
+            "min_delay_s": delay,
+            "concurrency": concurrency,
+            "per_host_concurrency": 1,
+            "timeout_s": 10,
+            "segment_pages": 500,
+        }
+        if browsers:
+            stage["browsers"] = browsers
+        if max_pages:
+            stage["max_pages"] = max_pages
+        recipe = validate_recipe({"name": "hosts", "workdir": f"{tmp}/w", "stages": [stage]})
+        t0 = time.perf_counter()
+        res = run_recipe(recipe)
+        dt = time.perf_counter() - t0
+        return int(res.stages[0].extra.get("pages_fetched", 0)), dt
+
+
+def scrapy_peer(spec: dict[str, Any]) -> None:
+    """The hidden ``--scrapy-peer`` mode: a plain Scrapy spider; prints {"pages", "parsed", "s"} as its last
+    line: distinct pages parsed (status 200, HTML), responses parsed, seconds."""
+    import scrapy
+    from scrapy.crawler import CrawlerProcess
+    from scrapy.http import HtmlResponse
+
+    urls: set[str] = set()
+    parsed = {"n": 0}
+
+    class Bare(scrapy.Spider):
+        name = "bare"
+        allowed_domains = spec["allowed"]
+        start_urls = spec["seeds"]
+
+        def parse(self, response):  # type: ignore[no-untyped-def]
+            if response.status == 200 and isinstance(response, HtmlResponse):
+                parsed["n"] += 1
+                urls.add(response.url)
+                for href in response.css("a::attr(href)").getall():
+                    yield response.follow(href, self.parse)
+
+    settings = {
+        "DOWNLOAD_DELAY": spec["delay"],
+        "RANDOMIZE_DOWNLOAD_DELAY": False,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": 1,
+        "CONCURRENT_REQUESTS": spec["concurrency"],
+        "AUTOTHROTTLE_ENABLED": False,
+        "ROBOTSTXT_OBEY": True,
+        "LOG_LEVEL": "WARNING",
+        "TELNETCONSOLE_ENABLED": False,
+    }
+    t0 = time.perf_counter()
+    p = CrawlerProcess(settings)
+    p.crawl(Bare)
+    p.start()
+    print(json.dumps({"pages": len(urls), "parsed": parsed["n"], "s": time.perf_counter() - t0}), flush=True)
+
+
+def bare_scrapy(site: Site, *, delay: float, concurrency: int) -> tuple[int, float, int]:
+    """(distinct pages parsed, seconds, responses parsed)."""
+    spec = {"seeds": site.seeds, "allowed": site.ips, "delay": delay, "concurrency": concurrency}
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--scrapy-peer", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    d = json.loads(out.stdout.strip().splitlines()[-1])
+    return int(d["pages"]), float(d["s"]), int(d["parsed"])
+
+
+def unavailable(run: str) -> str | None:
+    """Why ``run`` cannot run here, or None."""
+    import importlib.util
+
+    if run == "langchain" and importlib.util.find_spec("langchain_community") is None:
+        return "langchain_community is not importable"
+    if run == "selenium":
+        if importlib.util.find_spec("selenium") is None:
+            return "selenium is not installed"
+        from corpusforge.crawl.backends.selenium import find_browser
+
+        try:
+            find_browser()
+        except Exception as exc:  # chromium or chromedriver missing
+            return str(exc)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    p = parser(__doc__ or "")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--hosts", type=int, default=None, help="loopback hosts (default 64; 16 with --quick)")
+    p.add_argument("--pages", type=int, default=None, help="pages per host besides its index (40; 10 with --quick)")
+    p.add_argument("--latency", type=float, default=0.05, help="server delay per response, s")
+    p.add_argument("--delay", type=float, default=0.25, help="per-host delay between request starts, s")
+    p.add_argument("--tolerance", type=float, default=0.01, help="slack on the delay when counting violations, s")
+    p.add_argument("--concurrency", type=int, default=64, help="fetches in flight over all hosts")
+    p.add_argument("--selenium-hosts", type=int, default=None, help="hosts of the selenium site (8; 4 with --quick)")
+    p.add_argument("--selenium-pages", type=int, default=None, help="its pages per host (--pages; 4 with --quick)")
+    p.add_argument("--browsers", type=int, default=4, help="Chromiums of the selenium run")
+    p.add_argument("--sequential-pages", type=int, default=None, help="max_pages of the sequential run (300; 60)")
+    p.add_argument("--only", default=None, help=f"comma-separated runs out of {','.join(RUNS)}")
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--scrapy-peer", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    hosts = args.hosts or (16 if args.quick else 64)
+    pages = args.pages or (10 if args.quick else 40)
+    if args.serve:
+        serve(hosts, pages, args.latency)
+        return
+    if args.scrapy_peer is not None:
+        scrapy_peer(json.loads(args.scrapy_peer))
+        return
+    sel_hosts = args.selenium_hosts or (4 if args.quick else 8)
+    sel_pages = args.selenium_pages or (4 if args.quick else pages)
+    seq_pages = args.sequential_pages or (60 if args.quick else 300)
+    if not 1 <= hosts <= 254 or not 1 <= sel_hosts <= 254:
+        sys.exit("--hosts and --selenium-hosts must be between 1 and 254 (127.0.0.1 … 127.0.0.254)")
+    wanted = list(RUNS) if args.only is None else [r.strip() for r in args.only.split(",") if r.strip()]
+    unknown = [r for r in wanted if r not in RUNS]
+    if unknown:
+        sys.exit(f"--only: unknown run(s) {', '.join(unknown)}; choose from {', '.join(RUNS)}")
+
+    delay, conc = args.delay, args.concurrency
+    rows: list[dict[str, Any]] = []
+    checks: list[str] = []
+    offenders: list[str] = []
+    pps: dict[str, float] = {}
+    total_violations = 0
+    site = Site(hosts, pages, args.latency)
+    try:
+        for run in (r for r in RUNS if r in wanted):
+            why = unavailable(run)
+            if why:
+                print(f"note: {run} skipped: {why}", flush=True)
+                continue
+            target, note = site, ""
+            if run == "selenium":
+                target = Site(sel_hosts, sel_pages, args.latency)
+            try:
+                target.dump()  # start from an empty log
+                if run == "bare-scrapy":
+                    n, s, parsed = bare_scrapy(target, delay=delay, concurrency=conc)
+                    if parsed != n:
+                        note = f", {parsed} responses parsed: its start URLs skip the dupefilter, fetched again"
+                elif run == "sequential":
+                    n, s = ours("requests+lxml", target, delay=delay, concurrency=1, max_pages=seq_pages)
+                elif run == "selenium":
+                    n, s = ours("selenium", target, delay=delay, concurrency=conc, browsers=args.browsers)
+                else:
+                    n, s = ours(run, target, delay=delay, concurrency=conc)
+                log = target.dump()
+            finally:
+                if target is not site:
+                    target.close()
+            pol = politeness(log, delay, args.tolerance, 1)
+            limit = target.hosts / delay
+            pps[run] = n / s if s else 0.0
+            total_violations += pol["violations"]
+            rows.append(
+                {
+                    "run": run,
+                    "hosts": target.hosts,
+                    "pages": n,
+                    "seconds": f"{s:.2f}",
+                    "pages/s": f"{pps[run]:.1f}",
+                    "ratio_to_limit": f"{pps[run] / limit:.3f}",
+                    "violations": pol["violations"],
+                    "min_gap_ms": f"{pol['min_gap_ms']:.1f}" if pol["min_gap_ms"] != float("inf") else "-",
+                    "max_in_flight": pol["max_in_flight"],
+                }
+            )
+            expected = seq_pages if run == "sequential" else target.total
+            robots = sum(1 for e in log if e[1] == "/robots.txt")
+            checks.append(
+                f"{run}: {n} of {expected} pages {'ok' if n == expected else 'MISSING ' + str(expected - n)}"
+                f" ({len(log)} requests logged, {robots} robots.txt{note})"
+            )
+            for host, prev, path, gap, flying in sorted(pol["bad"], key=lambda b: b[3])[:5]:
+                offenders.append(f"{run}: {host} {prev} → {path}: {gap:.1f} ms between starts, {flying} in flight")
+            print(f"done: {run}, {n} pages in {s:.2f} s", flush=True)
+    finally:
+        site.close()
+
+    print_table(
+        rows,
+        title=(
+            f"crawl over {hosts} loopback hosts × {pages + 1} pages, {args.latency * 1000:.0f} ms per response, "
+            f"per-host delay {delay} s, 1 in flight per host, concurrency {conc} (limit = hosts ÷ delay)"
+        ),
+    )
+    print("\npages check:\n  " + "\n  ".join(checks))
+    if offenders:
+        print("violations (up to 5 per run, smallest gaps first):\n  " + "\n  ".join(offenders))
+    lxml, bare = pps.get("requests+lxml"), pps.get("bare-scrapy")
+    print_keyvals(
+        ratio_to_limit=f"{lxml / (hosts / delay):.3f}" if lxml is not None else "-",
+        ratio_to_scrapy=f"{lxml / bare:.3f}" if lxml is not None and bare else "-",
+        violations=total_violations,
+        hosts=hosts,
+    )
+
+
+if __name__ == "__main__":
+    main()
