@@ -6,6 +6,7 @@ tests can prove at most ``per_host_concurrency`` requests in flight per host and
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -405,3 +406,19 @@ def test_progress_lines_while_crawling_without_control_characters(tmp_path, serv
     assert len(lines) >= 2, got.stderr
     assert all("pages/s" in x and "hosts " in x and "queued" in x and "ETA " in x for x in lines), lines
     assert "\r" not in got.stdout + got.stderr and "\x1b" not in got.stdout + got.stderr
+
+
+def test_closing_the_scrapy_backend_logs_no_error(servers, caplog):  # noqa: F811
+    """Scrapy's engine stopped as an asyncio task: no "await wasn't used with future" from its close."""
+    from corpusforge.crawl.backends.scrapy import ScrapyBackend
+    from corpusforge.crawl.page import FetchRequest
+
+    s = servers(routes={"/": html("<p>x</p>")})
+    with caplog.at_level("ERROR"):
+        b = ScrapyBackend(timeout_s=5)
+        try:
+            r = b.fetch(FetchRequest(s.base + "/", headers={}, max_bytes=1 << 20, timeout_s=5, max_redirects=0))
+        finally:
+            b.close()
+    assert r.status == 200
+    assert [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR] == []

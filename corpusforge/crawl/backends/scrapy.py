@@ -240,9 +240,12 @@ class ScrapyBackend:
         try:
             stop = getattr(crawler, "stop_async", None)
             if stop is not None:  # Scrapy >= 2.13: a coroutine
-                from twisted.internet.defer import Deferred
+                # Run as an asyncio task (deferred_from_coro does so under the asyncio reactor): driven by
+                # Twisted's Deferred.fromCoroutine instead, its awaits on asyncio futures fail ("await wasn't
+                # used with future") and Scrapy logs an error while closing the spider.
+                from scrapy.utils.defer import deferred_from_coro
 
-                self._blocking(self._reactor, lambda: Deferred.fromCoroutine(stop()))  # type: ignore[arg-type]
+                self._blocking(self._reactor, lambda: deferred_from_coro(stop()))
             else:
                 self._blocking(self._reactor, crawler.stop)
         except Exception as exc:  # already stopped
