@@ -22,8 +22,11 @@ max_depth = 3
 # CSS or XPath selectors of the main content (empty: the extractor finds it).
 selectors = []
 
+# Only ever stricter than the recipe: the larger min_delay_s, the smaller concurrency values apply.
 [politeness]
 min_delay_s = 2.0
+# per_host_concurrency = 1
+# concurrency = 8
 
 # Save a page under {name}/pages/ and describe what must hold on it; `corpusforge check` runs these offline.
 [[checks]]

@@ -100,6 +100,15 @@ def crawl(
     backend: Annotated[
         str, typer.Option(help="requests+lxml, requests+bs4, scrapy, selenium, auto or langchain")
     ] = "requests+lxml",
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=256, help="Fetches in flight over all hosts (default 16)")
+    ] = None,
+    per_host_concurrency: Annotated[
+        int | None, typer.Option(min=1, max=16, help="Requests in flight per host (default 1)")
+    ] = None,
+    browsers: Annotated[
+        int | None, typer.Option(min=1, max=32, help="Headless Chromiums for selenium and auto (default 1)")
+    ] = None,
     workdir: WorkdirOpt = None,
     set_: SetOpt = None,
     force: ForceOpt = False,
@@ -107,7 +116,8 @@ def crawl(
     max_runtime: MaxRuntimeOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Crawl one spider into document shards (<workdir>/crawl/). Resumes an interrupted crawl."""
+    """Crawl one spider into document shards (<workdir>/crawl/). Resumes an interrupted crawl, with any
+    concurrency."""
     setup(verbose)
     from corpusforge.console import run_with_progress
     from corpusforge.recipe import apply_override, validate_recipe
@@ -118,6 +128,8 @@ def crawl(
             "workers": 1,
             "stages": [{"kind": "crawl", "spider": str(spider), "backend": backend}],
         }
+        limits = {"concurrency": concurrency, "per_host_concurrency": per_host_concurrency, "browsers": browsers}
+        raw["stages"][0].update({k: v for k, v in limits.items() if v is not None})
         raw["workdir"] = str(workdir or Path("runs") / spider.stem)
         for o in set_ or []:
             apply_override(raw, o)

@@ -422,3 +422,17 @@ def test_closing_the_scrapy_backend_logs_no_error(servers, caplog):  # noqa: F81
             b.close()
     assert r.status == 200
     assert [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("flag", [1, 3])
+def test_the_crawl_command_takes_the_concurrency_flag(tmp_path, servers, flag):  # noqa: F811
+    spans = Spans()
+    made = [servers(host=h, routes=slow_site(spans, h, 3, 0.15)) for h in HOSTS[:3]]
+    recipe = _spider_recipe(tmp_path, [m.base for m in made], "min_delay_s = 0.0")
+    cmd = [sys.executable, "-m", "corpusforge.cli", "crawl", recipe["stages"][0]["spider"], "--workdir", "w"]
+    cmd += ["--concurrency", str(flag), "--set", "stages[0].min_delay_s=0.0"]
+    got = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert got.returncode == DONE, got.stderr
+    assert len(list(iter_documents(manifest_paths(tmp_path / "w" / "crawl")))) == 3 * 4
+    overall = max_overlap([s for sp in spans.by_host.values() for s in sp])
+    assert overall == 1 if flag == 1 else overall > 1
