@@ -134,6 +134,7 @@ class RequestsFetcher:
 
         t0 = time.monotonic()
         deadline = t0 + request.timeout_s
+        sent_at = time.monotonic()
         try:
             r = session.get(
                 request.url,
@@ -159,6 +160,7 @@ class RequestsFetcher:
             body,
             error=error,
             elapsed_s=time.monotonic() - t0,
+            sent_at=sent_at,
         )
 
     def close(self) -> None:

@@ -214,6 +214,8 @@ class Crawler:
     def _fetch(self, url: str, host: str, delay: float, previous: PageRecord | None = None) -> FetchResponse:
         self.host_next[host] = time.monotonic() + delay
         resp = self.backend.fetch(self._request(url, previous))
+        if resp.sent_at is not None:  # sent later than planned: the next start waits from then
+            self.host_next[host] = max(self.host_next[host], resp.sent_at + delay)
         # The delay counts between request starts; a slow response does not shorten it.
         self._count_response(resp)
         return resp
@@ -288,7 +290,12 @@ class Crawler:
 
     def _host_gate(self, item: _Item, url: str, host: str) -> float | None:
         """Wait for ``host``'s slot if ``url`` may be fetched; the host's delay in seconds, or None."""
+        robots_fetched = self.robots.cached(host) is None
         reason, delay = self._gate_decision(url, host)
+        if robots_fetched:
+            # robots.txt was a request to the host: its next one waits the delay, counted from the response's
+            # end (its start is not seen here, and the host must never see a shorter gap).
+            self.host_next[host] = max(self.host_next.get(host, 0.0), time.monotonic() + (delay or 0.0))
         if reason is not None:
             self._refuse(item, host, reason)
             return None

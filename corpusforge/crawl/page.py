@@ -30,6 +30,9 @@ class FetchResponse:
     error: str | None = None  # a named failure: too_large, timeout, redirect_loop, scheme_refused, ...
     elapsed_s: float = 0.0
     rendered_html: str | None = None  # browser backends return the DOM after scripts ran
+    # Monotonic s when the request left, as near as the backend can tell (None: unknown). The host's next
+    # request waits its delay from this too, when it is later than the crawler's own start.
+    sent_at: float | None = None
 
 
 @dataclass

@@ -185,7 +185,7 @@ class _Pool:
                     c._drop(item.url, reason)
         self._hold(host)
         self._feed()
-        self.sched.done(ticket, time.monotonic())
+        self.sched.done(ticket, time.monotonic(), started_at=resp.sent_at)
 
     def _sample(self) -> Sample:
         snap = self.sched.snapshot(time.monotonic())

@@ -228,16 +228,19 @@ class Scheduler:
                     wait = min(wait, deadline - now)
                 self._cond.wait(max(wait, 0.0))
 
-    def done(self, ticket: Ticket, now: float, *, gap_from_end: bool = False) -> None:
+    def done(self, ticket: Ticket, now: float, *, gap_from_end: bool = False, started_at: float | None = None) -> None:
         """The ticket's request is over (whatever its outcome): its slot is free.
 
-        ``gap_from_end``: the request's real start is unknown (a browser loads a page's parts after
+        ``started_at``: when the request really left (a fetch thread may send it a while after it took the
+        ticket, on a loaded machine); when later than the ticket's start, the host's next start waits its delay
+        from it. ``gap_from_end``: the request's real start is unknown (a browser loads a page's parts after
         ``driver.get``), so the host's next start waits its delay from ``now``, the end: never a shorter gap.
         """
         with self._cond:
             h = self._give_back(ticket)
-            if gap_from_end:
-                h.start_gate = max(h.start_gate, now + max(0.0, self.delay_s(ticket.host)))
+            start = now if gap_from_end else started_at
+            if start is not None and start > ticket.started_at:
+                h.start_gate = max(h.start_gate, start + max(0.0, self.delay_s(ticket.host)))
                 h.gate_no += 1
             self._refresh(ticket.host, h)
             self._cond.notify()

@@ -436,3 +436,16 @@ def test_the_crawl_command_takes_the_concurrency_flag(tmp_path, servers, flag): 
     assert len(list(iter_documents(manifest_paths(tmp_path / "w" / "crawl")))) == 3 * 4
     overall = max_overlap([s for sp in spans.by_host.values() for s in sp])
     assert overall == 1 if flag == 1 else overall > 1
+
+
+def test_the_sequential_loop_counts_robots_txt_as_a_request_to_its_host(tmp_path, servers):  # noqa: F811
+    """concurrency 1: the first page of a host waits the delay after its robots.txt (it followed 50 ms after)."""
+    spans, delay = Spans(), 0.3
+    made = [servers(host=h, routes=slow_site(spans, h, 1, 0.01)) for h in HOSTS[:2]]
+    res, docs, step = crawl(tmp_path, [m.base + "/" for m in made], list(HOSTS[:2]), min_delay_s=delay, concurrency=1)
+    assert res.status == DONE and len(docs) == 4
+    for m in made:
+        starts = [h.t for h in m.log]
+        assert m.paths()[0] == "/robots.txt" and len(starts) == 3
+        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        assert min(gaps) >= delay - 0.005, (m.host, gaps)

@@ -258,6 +258,21 @@ def test_done_gap_from_end() -> None:
     assert s.next_ready_at() == 5.0
 
 
+def test_done_with_a_later_real_start_waits_the_delay_from_it() -> None:
+    """A fetch thread sent the request 0.3 s after taking its ticket: the next start waits from the send."""
+    s = fixed(1.0)
+    for i in range(3):
+        s.push(url(0, i), 0)
+    t = s.take(0.0)
+    assert t is not None
+    s.done(t, 0.5, started_at=0.3)
+    assert s.next_ready_at() == 1.3
+    t = s.take(1.3)
+    assert t is not None
+    s.done(t, 1.4, started_at=1.2)  # an earlier stamp than the ticket's own start never shortens the gap
+    assert s.next_ready_at() == 2.3
+
+
 def test_a_ticket_comes_back_once() -> None:
     s = fixed(0.0)
     s.push(url(0, 0), 0)

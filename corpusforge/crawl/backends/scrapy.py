@@ -110,7 +110,16 @@ def _settings(user_agent: str | None, timeout_s: float, reactor: Any, concurrenc
         "USER_AGENT": user_agent or "corpusforge",
         "TWISTED_REACTOR": f"{type(reactor).__module__}.{type(reactor).__name__}",
         "EXTENSIONS": {"scrapy.extensions.logstats.LogStats": None, "scrapy.extensions.memusage.MemoryUsage": None},
+        "DOWNLOADER_MIDDLEWARES": {f"{__name__}.SentAtMiddleware": 10_000},
     }
+
+
+class SentAtMiddleware:
+    """The downloader middleware closest to the download: stamps when Scrapy really sends each request (the
+    reactor may take a while to get to a request handed over from a fetch thread)."""
+
+    def process_request(self, request: Any, spider: Any = None) -> None:
+        request.meta["corpusforge_sent_at"] = time.monotonic()
 
 
 def _request_meta(request: FetchRequest) -> dict[str, Any]:
@@ -199,6 +208,7 @@ class ScrapyBackend:
                         headers,
                         response.body,
                         elapsed_s=time.monotonic() - t0,
+                        sent_at=response.meta.get("corpusforge_sent_at"),
                     )
                 )
 
