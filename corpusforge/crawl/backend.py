@@ -76,6 +76,47 @@ def read_capped(r, max_bytes: int, deadline: float) -> tuple[bytes, str | None]:
     return b"".join(chunks), error
 
 
+def _stamped_session() -> Any:
+    """A ``requests.Session`` whose connections note when each request's bytes were handed to the kernel
+    (``conn.sent_at``, monotonic s, stamped right after the send returns): on a loaded machine a fetch thread
+    may send well after it was allowed to, and the host's next request must wait its delay from the real send.
+    """
+    import requests
+    import urllib3
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+
+    class Stamped(HTTPConnection):
+        sent_at: float | None = None
+
+        def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+            self.sent_at = None
+            super().request(*args, **kwargs)
+            self.sent_at = time.monotonic()
+
+    class StampedTLS(HTTPSConnection):
+        sent_at: float | None = None
+
+        def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+            self.sent_at = None
+            super().request(*args, **kwargs)
+            self.sent_at = time.monotonic()
+
+    class Pool(urllib3.HTTPConnectionPool):
+        ConnectionCls = Stamped
+
+    class PoolTLS(urllib3.HTTPSConnectionPool):
+        ConnectionCls = StampedTLS
+
+    s = requests.Session()
+    s.trust_env = False  # no proxies or .netrc credentials from the environment
+    adapter = HTTPAdapter()
+    adapter.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": PoolTLS}
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    return s
+
+
 class RequestsFetcher:
     """Shared requests-based fetch loop (used by the requests+lxml and requests+bs4 backends).
 
@@ -105,7 +146,6 @@ class RequestsFetcher:
     @contextmanager
     def _lease(self, url: str) -> Iterator[Any]:
         """One of ``url``'s host's sessions, for this fetch alone; back in the host's pool afterwards."""
-        import requests
 
         from corpusforge.crawl.urls import host_key
 
@@ -115,8 +155,7 @@ class RequestsFetcher:
             if free:
                 s = free.pop()
             else:
-                s = requests.Session()
-                s.trust_env = False  # no proxies or .netrc credentials from the environment
+                s = _stamped_session()
                 self._sessions.append(s)
         try:
             yield s
@@ -151,6 +190,8 @@ class RequestsFetcher:
                 request.url, request.url, 0, {}, b"", error="connection_error", elapsed_s=time.monotonic() - t0
             )
         headers = {k.lower(): v for k, v in r.headers.items()}
+        conn = getattr(r.raw, "connection", None)  # held by the streamed response until its body is read
+        sent_at = max(sent_at, getattr(conn, "sent_at", None) or sent_at)
         body, error = read_capped(r, request.max_bytes, deadline)
         return FetchResponse(
             request.url,

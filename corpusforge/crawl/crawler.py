@@ -30,7 +30,15 @@ from urllib.parse import urljoin
 
 from corpusforge.crawl.frontier import Frontier, PageRecord
 from corpusforge.crawl.html import charset_of, decode_html, optouts, sitemap_locs, visible_text_chars
-from corpusforge.crawl.page import CrawlOutcome, FetchRequest, FetchResponse, _Fetched, _Item, retry_after_s
+from corpusforge.crawl.page import (
+    CrawlOutcome,
+    FetchRequest,
+    FetchResponse,
+    _Fetched,
+    _Item,
+    read_outcome,
+    retry_after_s,
+)
 from corpusforge.crawl.progress import CrawlProgress, Sample, progress_interval_s
 from corpusforge.crawl.robots import RobotsCache
 from corpusforge.crawl.settings import CrawlSettings
@@ -39,7 +47,6 @@ from corpusforge.crawl.urls import canonicalize, domain_allowed, host_key, schem
 from corpusforge.document import Document, stable_id, utc_now_iso
 from corpusforge.redact import redact_text
 from corpusforge.stage import StageContext
-from corpusforge.stats import StepStats
 from corpusforge.storage import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -413,7 +420,9 @@ class Crawler:
         if self.render_later is not None:
             self.render_later(item, f, flags, digest)
             return
-        # The render is a second request to the same host: wait for its slot like any other.
+        # The render is a second request to the same host, right after the first: it waits the delay from the
+        # static response's end (a host slow to start handling that one never sees them closer).
+        self.host_next[f.host] = max(self.host_next.get(f.host, 0.0), time.monotonic() + f.delay)
         if not self._wait_for(f.host):
             self.queue.appendleft(item)
             return
@@ -569,7 +578,7 @@ class Crawler:
                 self.writer.abort()
             self.frontier.close()
             self.backend.close()
-        return self._outcome(partial, time.time() - t0)
+        return read_outcome(self.ctx.out_dir / "state", partial, time.time() - t0)
 
     def _loop(self) -> bool:
         """The sequential crawl: one fetch at a time; True when it stopped early (a bound or a signal)."""
@@ -584,29 +593,3 @@ class Crawler:
             self._process(self._next_item())
             self.progress.tick(lambda: Sample(stored=self._stored_total(), queued=len(self.queue)))
         return False
-
-    def _outcome(self, partial: bool, seconds: float) -> CrawlOutcome:
-        """The crawl's totals, read back from the committed frontier (all runs of a resumed crawl)."""
-        frontier = Frontier(self.ctx.out_dir / "state")
-        try:
-            drops, counts, files = frontier.counters("drop"), frontier.counters("count"), frontier.segments()
-        finally:
-            frontier.close()
-        stats = StepStats(
-            "crawl",
-            input=counts["stored"] + sum(drops.values()),
-            output=counts["stored"],
-            dropped=drops,
-            counters=counts,
-        )
-        extra = {
-            "pages_fetched": counts["stored"],
-            "requests": counts["requests"],
-            "robots_skips": counts["robots_skips"],
-            "retries": counts["retries"],
-            "escalations": counts["escalations"],
-            "renders": counts["renders"],
-            "bytes": counts["bytes"],
-            "crawl_seconds": round(seconds, 2),
-        }
-        return CrawlOutcome(partial=partial, files=files, stats=stats, extra=extra)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from corpusforge.crawl.frontier import PageRecord
+from corpusforge.crawl.frontier import Frontier, PageRecord
 from corpusforge.stats import StepStats
 
 
@@ -72,3 +72,30 @@ def retry_after_s(value: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def read_outcome(state_dir: Any, partial: bool, seconds: float) -> CrawlOutcome:
+    """A crawl's totals, read back from its committed frontier (all runs of a resumed crawl)."""
+    frontier = Frontier(state_dir)
+    try:
+        drops, counts, files = frontier.counters("drop"), frontier.counters("count"), frontier.segments()
+    finally:
+        frontier.close()
+    stats = StepStats(
+        "crawl",
+        input=counts["stored"] + sum(drops.values()),
+        output=counts["stored"],
+        dropped=drops,
+        counters=counts,
+    )
+    extra = {
+        "pages_fetched": counts["stored"],
+        "requests": counts["requests"],
+        "robots_skips": counts["robots_skips"],
+        "retries": counts["retries"],
+        "escalations": counts["escalations"],
+        "renders": counts["renders"],
+        "bytes": counts["bytes"],
+        "crawl_seconds": round(seconds, 2),
+    }
+    return CrawlOutcome(partial=partial, files=files, stats=stats, extra=extra)

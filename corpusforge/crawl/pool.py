@@ -65,6 +65,7 @@ class _Pool:
         self.stop = threading.Event()
         self.robots_lock = threading.Lock()
         self.robots_busy: dict[str, threading.Lock] = {}
+        self.render_queued = False  # set by _render_later while the writer applies a fetch
 
     # ------------------------------------------------------------------ shared reads
     def _delay_s(self, host: str) -> float:
@@ -117,6 +118,7 @@ class _Pool:
 
     def _render_later(self, item: _Item, f: _Fetched, flags: list[str], digest: str) -> None:
         """The crawler's hook: a page to render goes ahead of its host's queue, behind the host's delay."""
+        self.render_queued = True
         reason = self.sched.push(f.url, item.depth, item.tries, front=True, data=_Render(item, f, flags, digest))
         if reason is not None:
             self.c._drop(item.url, reason)
@@ -173,6 +175,7 @@ class _Pool:
         resp, previous = result[2], result[3]
         c._count_response(resp)
         delay = self._delay_s(host)
+        self.render_queued = False
         if resp.error or resp.status not in REDIRECT_STATUS:
             c._on_response(item, _Fetched(ticket.url, host, delay, resp, previous))
         else:
@@ -185,7 +188,9 @@ class _Pool:
                     c._drop(item.url, reason)
         self._hold(host)
         self._feed()
-        self.sched.done(ticket, time.monotonic(), started_at=resp.sent_at)
+        # A page queued for the browser is fetched again at once: that second request waits the delay from this
+        # response's end, so even a host slow to start handling the first never sees them closer than the delay.
+        self.sched.done(ticket, time.monotonic(), started_at=resp.sent_at, gap_from_end=self.render_queued)
 
     def _sample(self) -> Sample:
         snap = self.sched.snapshot(time.monotonic())

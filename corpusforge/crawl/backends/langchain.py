@@ -44,6 +44,8 @@ class LangchainBackend(RequestsFetcher):
         def capture(r: Any, *args: Any, **kwargs: Any) -> Any:
             # Runs inside Session.send before the body is read: read it ourselves, capped, and hand the
             # loader a response whose content is already there.
+            conn = getattr(r.raw, "connection", None)
+            seen["sent_at"] = getattr(conn, "sent_at", None)  # when the request's bytes left (see backend.py)
             body, error = read_capped(r, request.max_bytes, deadline)
             seen.update(
                 status=r.status_code, headers={k.lower(): v for k, v in r.headers.items()}, body=body, error=error
@@ -74,6 +76,7 @@ class LangchainBackend(RequestsFetcher):
             seen.get("body", b""),
             error=seen.get("error"),
             elapsed_s=time.monotonic() - t0,
+            sent_at=seen.get("sent_at"),
         )
         resp.loader_text = text  # type: ignore[attr-defined]
         return resp
