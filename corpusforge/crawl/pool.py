@@ -78,7 +78,9 @@ class _Pool:
     # ------------------------------------------------------------------ fetch threads
     def _worker(self) -> None:
         while True:
-            ticket = self.sched.wait_for_ticket(self.stop)
+            # close() wakes every sleeper at the end or a stop: the poll is only a backstop, and idle threads
+            # waking often would take the GIL from the writer (a one-host crawl lost ~5% to it).
+            ticket = self.sched.wait_for_ticket(self.stop, poll_s=2.0)
             if ticket is None:
                 return
             try:
@@ -190,7 +192,26 @@ class _Pool:
         self._feed()
         # A page queued for the browser is fetched again at once: that second request waits the delay from this
         # response's end, so even a host slow to start handling the first never sees them closer than the delay.
-        self.sched.done(ticket, time.monotonic(), started_at=resp.sent_at, gap_from_end=self.render_queued)
+        self.sched.done(
+            ticket, time.monotonic(), started_at=resp.sent_at, gap_from_end=self.render_queued, wake_if_idle=False
+        )
+
+    def _fetch_here(self) -> tuple[Any, ...] | None:
+        """With nothing in flight and no result waiting, fetch the next ready URL in this thread.
+
+        One host at a time (a one-site crawl, or every other host waiting out its delay) then costs no hand-off
+        between threads: measured on one loopback host, the pool ran at ~0.85 of the sequential loop without
+        this. While this thread fetches, the fetch threads take whatever else becomes ready.
+        """
+        if not self.results.empty() or self.sched.outstanding():
+            return None
+        ticket = self.sched.take(time.monotonic())
+        if ticket is None:
+            return None
+        try:
+            return self._work(ticket)
+        except BaseException as exc:  # raised by _apply, as from a fetch thread
+            return ("error", ticket, exc)
 
     def _sample(self) -> Sample:
         snap = self.sched.snapshot(time.monotonic())
@@ -230,6 +251,10 @@ class _Pool:
                 if self.sched.unfinished() == 0 and self.results.empty():
                     break
                 c.progress.tick(self._sample)
+                inline = self._fetch_here()
+                if inline is not None:
+                    self._apply(inline)
+                    continue
                 try:
                     result = self.results.get(timeout=0.1)
                 except queue.Empty:
