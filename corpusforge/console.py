@@ -178,6 +178,8 @@ def run_with_progress(
     max_pages: int | None = None,
     max_runtime: float | None = None,
     quiet: bool = False,
+    executor: str | None = None,
+    ray_address: str | None = None,
 ) -> Any:
     """Run a validated recipe with progress output and print the summary; returns the ``RunResult``."""
     from corpusforge.errors import DONE
@@ -185,7 +187,14 @@ def run_with_progress(
 
     with reporter() as rep:
         result = run_recipe(
-            recipe, force=force, workers=workers, max_pages=max_pages, max_runtime_s=max_runtime, reporter=rep
+            recipe,
+            force=force,
+            workers=workers,
+            max_pages=max_pages,
+            max_runtime_s=max_runtime,
+            reporter=rep,
+            executor=executor,
+            ray_address=ray_address,
         )
     if not quiet:
         console().print(stages_table(result))

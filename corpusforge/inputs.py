@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import logging
 import zlib
@@ -25,7 +26,8 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from corpusforge.document import Document, stable_id
-from corpusforge.errors import ConfigError
+from corpusforge.errors import ConfigError, FatalError
+from corpusforge.objstore import InputFile, is_remote, local_inputs, remote_inputs
 from corpusforge.params import Min
 from corpusforge.stage import Stage, StageContext, TaskResult
 from corpusforge.stats import StepStats
@@ -34,12 +36,13 @@ from corpusforge.storage import MANIFEST, ShardWriter
 log = logging.getLogger(__name__)
 
 
-def gzip_complete(path: Path, chunk: int = 1 << 20) -> bool:
+def gzip_complete(path: Path | InputFile, chunk: int = 1 << 20) -> bool:
     """Whether every gzip member of ``path`` ends properly (the file was not cut). Streams the file once,
     decompressing at most ``chunk`` bytes at a time, so a bomb costs time, not memory."""
     d = zlib.decompressobj(wbits=31)
     fed = False  # bytes given to the current member's decompressor
-    with open(path, "rb") as fh:
+    opened = path.open() if isinstance(path, InputFile) else open(path, "rb")
+    with opened as fh:
         while data := fh.read(chunk):
             while data:
                 fed = True
@@ -61,16 +64,23 @@ class _LocalStage(Stage):
         tasks: Annotated[int, Min(1)] = 1,
         source: str | None = None,
         max_bytes: Annotated[int, Min(1)] = 20 << 20,
+        endpoint_url: str | None = None,
     ) -> None:
-        self.path = path
+        self.path = path  # a local file or folder, or s3://bucket/prefix
         self.tasks = tasks
         self.source = source
         self.max_bytes = max_bytes
+        self.endpoint_url = endpoint_url  # for s3:// inputs: an S3-compatible server (credentials: the AWS env)
+        self._files: list[InputFile] | None = None
 
     def validate(self, path: str) -> None:
-        if not Path(self.path).exists():
+        if not is_remote(self.path) and not Path(self.path).exists():
             raise ConfigError(f"{self.path!r} does not exist", path=f"{path}.path")
-        if not self.files():
+        try:
+            found = self.files()
+        except FatalError as exc:
+            raise ConfigError(str(exc), path=f"{path}.path") from None
+        if not found:
             raise ConfigError(
                 f"no input files matching {', '.join(self.patterns)} under {self.path!r}", path=f"{path}.path"
             )
@@ -78,26 +88,26 @@ class _LocalStage(Stage):
     def config(self) -> dict[str, Any]:
         """The parameters, and a digest of the input files' names, sizes and modification times: a file
         changed under the same path makes the stage's config differ, refused like any change unless forced."""
-        listing = []
-        root = Path(self.path)
-        for f in self.files():
-            st = f.stat()
-            rel = f.relative_to(root).as_posix() if root.is_dir() else f.name
-            listing.append((rel, st.st_size, st.st_mtime_ns))
+        listing = [(f.rel, f.size, f.mtime_ns) for f in self.files()]
         digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
         params = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "truncated"}
+        if params.get("endpoint_url") is None:
+            params.pop("endpoint_url", None)  # absent, as in folders made before it existed
         return params | {"inputs": digest, "input_files": len(listing)}
 
-    def files(self) -> list[Path]:
-        p = Path(self.path)
-        if p.is_file():
-            return [p]
-        return sorted(f for pat in self.patterns for f in p.rglob(pat) if f.is_file())
+    def files(self) -> list[InputFile]:
+        """The input files in a fixed order (sorted paths or keys); listed once per stage object."""
+        if self._files is None:
+            if is_remote(self.path):
+                self._files = remote_inputs(self.path, self.patterns, self.endpoint_url)
+            else:
+                self._files = local_inputs(Path(self.path), self.patterns)
+        return self._files
 
     def num_tasks(self, ctx: StageContext) -> int:
         return self.tasks
 
-    def records(self, file: Path, stats: StepStats) -> Iterator[Document]:  # pragma: no cover - abstract
+    def records(self, file: InputFile, stats: StepStats) -> Iterator[Document]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def run_task(self, ctx: StageContext, rank: int) -> TaskResult:
@@ -114,7 +124,7 @@ class _LocalStage(Stage):
         extra = {"truncated_files": self.truncated} if self.truncated else {}
         return TaskResult(files=w.files, steps=[stats.to_dict()], extra=extra)
 
-    def _cut(self, file: Path, stats: StepStats, what: str, *, counted: bool = False) -> None:
+    def _cut(self, file: InputFile, stats: StepStats, what: str, *, counted: bool = False) -> None:
         """One record cut short: counted and not stored; the file named in a warning and in the stats."""
         if not counted:
             stats.input += 1
@@ -124,7 +134,7 @@ class _LocalStage(Stage):
         log.warning("%s is cut short (%s): the records before the cut are kept, the cut one is not", file, what)
 
     def _source(self) -> str:
-        return self.source or Path(self.path).name
+        return self.source or Path(self.path.rstrip("/")).name
 
 
 class ReadHtmlStage(_LocalStage):
@@ -133,14 +143,14 @@ class ReadHtmlStage(_LocalStage):
     kind: ClassVar[str] = "read_html"
     patterns = ("*.html", "*.htm")
 
-    def records(self, file: Path, stats: StepStats) -> Iterator[Document]:
+    def records(self, file: InputFile, stats: StepStats) -> Iterator[Document]:
         from corpusforge.crawl.html import decode_html
 
         stats.input += 1
-        if file.stat().st_size > self.max_bytes:
+        if file.size > self.max_bytes:
             stats.drop("too_large")
             return
-        rel = file.relative_to(self.path).as_posix() if Path(self.path).is_dir() else file.name
+        rel = file.rel
         html = decode_html(file.read_bytes(), "")
         yield Document(
             id=stable_id(f"{self._source()}:{rel}"), url=None, source=self._source(), html=html, metadata={"path": rel}
@@ -160,72 +170,77 @@ class ReadJsonlStage(_LocalStage):
         tasks: Annotated[int, Min(1)] = 1,
         source: str | None = None,
         max_bytes: Annotated[int, Min(1)] = 20 << 20,
+        endpoint_url: str | None = None,
         text_field: str = "text",
         html_field: str | None = None,
         id_field: str = "id",
         url_field: str = "url",
     ) -> None:
-        super().__init__(path=path, tasks=tasks, source=source, max_bytes=max_bytes)
+        super().__init__(path=path, tasks=tasks, source=source, max_bytes=max_bytes, endpoint_url=endpoint_url)
         self.text_field = text_field
         self.html_field = html_field
         self.id_field = id_field
         self.url_field = url_field
 
-    def records(self, file: Path, stats: StepStats) -> Iterator[Document]:
-        opener: Any = gzip.open if file.name.endswith(".gz") else open
-        with opener(file, "rt", encoding="utf-8", errors="replace") as fh:
-            lines = enumerate(fh, start=1)
-            while True:
-                try:
-                    line_no, line = next(lines)
-                except StopIteration:
-                    return
-                except EOFError:  # gzip without its end: the lines before the cut were read
-                    self._cut(file, stats, "the gzip stream ends early")
-                    return
-                if not line.strip():
-                    continue
-                if len(line) > self.max_bytes:
-                    stats.input += 1
-                    stats.drop("too_large")
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    if not line.endswith("\n"):  # the last line, cut: not a record with bad JSON
-                        self._cut(file, stats, f"line {line_no} ends without a newline")
-                        continue
-                    stats.input += 1
-                    stats.drop("bad_json")
+    def records(self, file: InputFile, stats: StepStats) -> Iterator[Document]:
+        with file.open() as raw:
+            binary: Any = gzip.GzipFile(fileobj=raw, mode="rb") if file.name.endswith(".gz") else raw
+            fh = io.TextIOWrapper(binary, encoding="utf-8", errors="replace")
+            yield from self._lines(file, fh, stats)
+
+    def _lines(self, file: InputFile, fh: Any, stats: StepStats) -> Iterator[Document]:
+        lines = enumerate(fh, start=1)
+        while True:
+            try:
+                line_no, line = next(lines)
+            except StopIteration:
+                return
+            except EOFError:  # gzip without its end: the lines before the cut were read
+                self._cut(file, stats, "the gzip stream ends early")
+                return
+            if not line.strip():
+                continue
+            if len(line) > self.max_bytes:
+                stats.input += 1
+                stats.drop("too_large")
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if not line.endswith("\n"):  # the last line, cut: not a record with bad JSON
+                    self._cut(file, stats, f"line {line_no} ends without a newline")
                     continue
                 stats.input += 1
-                if not isinstance(rec, dict):
-                    stats.drop("not_an_object")
-                    continue
-                field = self.html_field or self.text_field
-                value = rec.get(field)
-                if not isinstance(value, str):
-                    stats.drop("missing_text" if value is None else "wrong_type")
-                    continue
-                rid = rec.get(self.id_field)
-                url = rec.get(self.url_field)
-                meta = {k: v for k, v in rec.items() if k not in (field, self.id_field, self.url_field)}
-                if url is not None and not isinstance(url, str):
-                    # Kept, not guessed at: the raw value stays in the metadata and the case is counted.
-                    stats.counters["url_not_a_string"] += 1
-                    meta["url_raw"] = url
-                    url = None
-                doc = Document(
-                    id=str(rid) if rid is not None else stable_id(f"{file.name}:{line_no}"),
-                    url=url,
-                    source=self._source(),
-                    metadata=meta,
-                )
-                if self.html_field:
-                    doc.html = value
-                else:
-                    doc.text = value
-                yield doc
+                stats.drop("bad_json")
+                continue
+            stats.input += 1
+            if not isinstance(rec, dict):
+                stats.drop("not_an_object")
+                continue
+            field = self.html_field or self.text_field
+            value = rec.get(field)
+            if not isinstance(value, str):
+                stats.drop("missing_text" if value is None else "wrong_type")
+                continue
+            rid = rec.get(self.id_field)
+            url = rec.get(self.url_field)
+            meta = {k: v for k, v in rec.items() if k not in (field, self.id_field, self.url_field)}
+            if url is not None and not isinstance(url, str):
+                # Kept, not guessed at: the raw value stays in the metadata and the case is counted.
+                stats.counters["url_not_a_string"] += 1
+                meta["url_raw"] = url
+                url = None
+            doc = Document(
+                id=str(rid) if rid is not None else stable_id(f"{file.name}:{line_no}"),
+                url=url,
+                source=self._source(),
+                metadata=meta,
+            )
+            if self.html_field:
+                doc.html = value
+            else:
+                doc.text = value
+            yield doc
 
 
 class ReadWarcStage(_LocalStage):
@@ -234,13 +249,13 @@ class ReadWarcStage(_LocalStage):
     kind: ClassVar[str] = "read_warc"
     patterns = ("*.warc", "*.warc.gz")
 
-    def records(self, file: Path, stats: StepStats) -> Iterator[Document]:
+    def records(self, file: InputFile, stats: StepStats) -> Iterator[Document]:
         from corpusforge.crawl.html import decode_html
         from corpusforge.errors import require
 
         archive = require("warcio.archiveiterator", "warc")
         cut = False
-        with open(file, "rb") as fh:
+        with file.open() as fh:
             for rec in archive.ArchiveIterator(fh):
                 if rec.rec_type != "response":
                     continue

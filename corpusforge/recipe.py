@@ -70,6 +70,8 @@ class Recipe:
     stages: list[StageSpec]
     raw: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
+    executor: str = "local"  # "local" (processes on this machine) or "ray"
+    ray_address: str | None = None  # None: start a local Ray instance; "auto" or "ray://host:port": join one
 
     def stage_config(self, spec: StageSpec) -> dict[str, Any]:
         return {"kind": spec.kind, "input": spec.input, "params": spec.params}
@@ -86,12 +88,16 @@ TOP_KEYS = {
     "name": str,
     "workdir": str,
     "workers": int,
+    "executor": str,
+    "ray_address": str,
     "description": str,
     "stages": list,
     "corpusforge_version": str,
     "fingerprint": str,
 }
 
+
+EXECUTORS = ("local", "ray")
 
 _INDEX = re.compile(r"\[(\d+)\]")
 
@@ -156,6 +162,9 @@ def validate_recipe(raw: dict[str, Any], *, source: str | None = None, base_dir:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", raw["name"]):
             raise ConfigError("use letters, digits, '.', '_' or '-'", path="name")
         workers = check_value(raw.get("workers", 2), Annotated[int, Min(1), Max(256)], "workers")
+        executor = raw.get("executor", "local")
+        if executor not in EXECUTORS:
+            raise ConfigError(f"unknown executor {executor!r}; one of: {', '.join(EXECUTORS)}", path="executor")
         stages_raw = raw.get("stages")
         if not stages_raw:
             raise ConfigError("a recipe needs at least one [[stages]] entry", path="stages")
@@ -199,7 +208,16 @@ def validate_recipe(raw: dict[str, Any], *, source: str | None = None, base_dir:
         if source and exc.file is None:
             raise ConfigError(str(exc), path=None, file=source) from None
         raise
-    return Recipe(name=raw["name"], workdir=workdir, workers=workers, stages=specs, raw=raw, source=source)
+    return Recipe(
+        name=raw["name"],
+        workdir=workdir,
+        workers=workers,
+        stages=specs,
+        raw=raw,
+        source=source,
+        executor=executor,
+        ray_address=raw.get("ray_address"),
+    )
 
 
 def load_recipe(path: Path, overrides: list[str] | None = None, *, workdir: str | None = None) -> Recipe:

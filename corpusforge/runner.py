@@ -47,7 +47,7 @@ from corpusforge.executors.local import run_tasks
 from corpusforge.plan import PlanEntry, make_plan, stage_dirs
 from corpusforge.recipe import Recipe
 from corpusforge.redact import redact
-from corpusforge.stage import STOP, StageContext, TaskResult, marker_path
+from corpusforge.stage import STOP, StageContext, TaskResult, clear_stop_file, marker_path
 from corpusforge.stats import StepStats, merge_dropped, merge_step_lists
 from corpusforge.storage import (
     MANIFEST,
@@ -63,6 +63,7 @@ from corpusforge.storage import (
 log = logging.getLogger(__name__)
 
 STAGE_FILE = "stage.json"
+STOP_FILE = ".stop"  # the Ray executor's stop flag for remote tasks
 
 
 class Reporter(Protocol):
@@ -117,8 +118,14 @@ class Runner:
         max_runtime_s: float | None = None,
         workers: int | None = None,
         reporter: Reporter | None = None,
+        executor: str | None = None,
+        ray_address: str | None = None,
     ) -> None:
         self.recipe = recipe
+        self.executor = executor or recipe.executor
+        if self.executor not in ("local", "ray"):
+            raise ConfigError(f"unknown executor {self.executor!r}; one of: local, ray", path="executor")
+        self.ray_address = ray_address or recipe.ray_address
         self.force = force
         self.max_pages = max_pages
         self.deadline = time.time() + max_runtime_s if max_runtime_s else None
@@ -211,13 +218,21 @@ class Runner:
                 self._load_stats(e, out)
             return out
         self._open_stage_folder(e)
-        ctx = e.context(self.recipe, self.dirs, max_pages=self.max_pages, deadline=self.deadline, fault=self.fault)
+        ctx = e.context(
+            self.recipe,
+            self.dirs,
+            max_pages=self.max_pages,
+            deadline=self.deadline,
+            fault=self.fault,
+            stop_file=self.stop_file if self.executor == "ray" else None,
+        )
         n = out.tasks = e.stage.num_tasks(ctx)
         pending = [r for r in range(n) if not marker_path(e.out_dir, r).is_file()]
         self.reporter.stage_start(e.name, n, n - len(pending))
-        tasks = run_tasks(
-            e.stage, ctx, pending, workers=self.workers, on_done=lambda r: self.reporter.task_done(e.name, r)
-        )
+        run = run_tasks
+        if self.executor == "ray":
+            from corpusforge.executors.ray import run_tasks_ray as run
+        tasks = run(e.stage, ctx, pending, workers=self.workers, on_done=lambda r: self.reporter.task_done(e.name, r))
         out.failed_tasks = sorted(tasks.failed)
         out.errors = [f"task {r}: {why}" for r, why in sorted(tasks.failed.items())]
         if out.failed_tasks or tasks.partial:
@@ -296,37 +311,53 @@ class Runner:
             out.extra |= {k: v for k, v in out.manifest.items() if k not in ("files", "config", "versions", "format")}
 
     # -- the whole run
+    @property
+    def stop_file(self) -> Path:
+        return self.recipe.workdir / STOP_FILE
+
     def run(self) -> RunResult:
         self.prepare_workdir()
         with workdir_lock(self.recipe.workdir):
             self.check_configs()
             self.write_resolved_recipe()
-            outcomes: list[StageOutcome] = []
-            status = DONE
-            message = ""
-            for e in self.plan:
-                if STOP.is_set():
-                    status, message = PARTIAL, "stopped by a signal; rerun to continue"
-                    break
-                try:
-                    o = self.run_entry(e)
-                except Interrupted as exc:
-                    status, message = PARTIAL, str(exc)
-                    break
-                outcomes.append(o)
-                if o.status == "failed":
-                    status = FAILED
-                    message = f"stage {o.name}: {len(o.failed_tasks)} task(s) failed: " + "; ".join(o.errors[:3])
-                    break
-                if o.status == "partial":
-                    status = PARTIAL
-                    message = f"stage {o.name} stopped early (bound or signal); rerun the same command to continue"
-                    break
-            done_names = {o.name for o in outcomes}
-            for e in self.plan:
-                if e.name not in done_names:
-                    outcomes.append(StageOutcome(name=e.name, kind=e.spec.kind, status="not run", out_dir=e.out_dir))
-            return RunResult(status=status, workdir=self.recipe.workdir, stages=outcomes, message=message)
+            if self.executor != "ray":
+                return self._run_stages()
+            from corpusforge.executors.ray import ray_session
+
+            clear_stop_file(self.stop_file)
+            try:
+                with ray_session(self.ray_address, self.workers):
+                    return self._run_stages()
+            finally:
+                clear_stop_file(self.stop_file)
+
+    def _run_stages(self) -> RunResult:
+        outcomes: list[StageOutcome] = []
+        status = DONE
+        message = ""
+        for e in self.plan:
+            if STOP.is_set():
+                status, message = PARTIAL, "stopped by a signal; rerun to continue"
+                break
+            try:
+                o = self.run_entry(e)
+            except Interrupted as exc:
+                status, message = PARTIAL, str(exc)
+                break
+            outcomes.append(o)
+            if o.status == "failed":
+                status = FAILED
+                message = f"stage {o.name}: {len(o.failed_tasks)} task(s) failed: " + "; ".join(o.errors[:3])
+                break
+            if o.status == "partial":
+                status = PARTIAL
+                message = f"stage {o.name} stopped early (bound or signal); rerun the same command to continue"
+                break
+        done_names = {o.name for o in outcomes}
+        for e in self.plan:
+            if e.name not in done_names:
+                outcomes.append(StageOutcome(name=e.name, kind=e.spec.kind, status="not run", out_dir=e.out_dir))
+        return RunResult(status=status, workdir=self.recipe.workdir, stages=outcomes, message=message)
 
 
 def _sum_extra(extras: list[dict[str, Any]]) -> dict[str, Any]:

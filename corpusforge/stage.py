@@ -12,6 +12,7 @@ several stages in the plan, so its sub-stages cannot disagree about inputs or ta
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -44,6 +45,8 @@ class StageContext:
     stage_dirs: dict[str, Path] = field(default_factory=dict)
     # Fault hook for tests: "stage:n" makes that stage's task exit hard at its n-th record.
     fault: str | None = None
+    # A file whose existence means "stop" (the Ray executor's way to reach tasks on other machines).
+    stop_file: Path | None = None
 
     def input_files(self) -> list[Path]:
         if self.in_dir is None:
@@ -51,7 +54,9 @@ class StageContext:
         return manifest_paths(self.in_dir)
 
     def stop_requested(self) -> bool:
-        return STOP.is_set() or (self.deadline is not None and time.time() >= self.deadline)
+        if STOP.is_set() or (self.deadline is not None and time.time() >= self.deadline):
+            return True
+        return self.stop_file is not None and _stop_file_seen(self.stop_file)
 
     def fault_at(self, n: int) -> None:
         """Exit the process hard at record ``n`` when the fault hook names this stage (tests of kill -9)."""
@@ -63,6 +68,31 @@ class StageContext:
 
 # Set by the SIGTERM/SIGINT handler; long tasks poll ``ctx.stop_requested()``.
 STOP = threading.Event()
+_STOP_FILE_CHECKED: dict[Path, float] = {}  # when each stop file was last looked for (monotonic s)
+
+
+def clear_stop_file(path: Path) -> None:
+    """Remove a stop file left by an earlier run, and forget having seen it."""
+    path.unlink(missing_ok=True)
+    _STOP_FILE_CHECKED.pop(path, None)
+
+
+def _stop_file_seen(path: Path, every_s: float = 0.5) -> bool:
+    """Whether ``path`` exists, looked for at most every ``every_s`` (tasks poll per record)."""
+    now = time.monotonic()
+    last = _STOP_FILE_CHECKED.get(path, -math.inf)
+    if last == math.inf:
+        return True  # seen already: it stays a stop
+    if now - last < every_s:
+        return False
+    seen = path.exists()
+    _STOP_FILE_CHECKED[path] = math.inf if seen else now
+    return seen
+    _STOP_FILE_CHECKED[path] = now
+    if path.exists():
+        STOP.set()
+        return True
+    return False
 
 
 @dataclass
@@ -134,14 +164,20 @@ def marker_path(out_dir: Path, rank: int) -> Path:
     return out_dir / COMPLETIONS / f"{rank:05d}.json"
 
 
-def execute_task(stage: Stage, ctx: StageContext, rank: int) -> dict[str, Any]:
-    """Run one task and, unless it stopped early, write its completion marker. Runs in a worker process."""
+def execute_task(stage: Stage, ctx: StageContext, rank: int, *, marker: bool = True) -> dict[str, Any]:
+    """Run one task and, unless it stopped early, write its completion marker (``marker``: the Ray executor's
+    driver writes it instead, from the record returned). Runs in a worker process."""
     stage.prepare_task(ctx, rank)
     t0 = time.time()
     result = stage.run_task(ctx, rank)
     record = result.to_dict() | {"rank": rank, "seconds": round(time.time() - t0, 3)}
-    if not result.partial:
-        marker = marker_path(ctx.out_dir, rank)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(marker, record)
+    if not result.partial and marker:
+        write_marker(ctx, rank, record)
     return record | {"partial": result.partial}
+
+
+def write_marker(ctx: StageContext, rank: int, record: dict[str, Any]) -> None:
+    """The completion marker of task ``rank``, written once its outputs are durable."""
+    path = marker_path(ctx.out_dir, rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {k: v for k, v in record.items() if k != "partial"})

@@ -8,7 +8,7 @@ import time
 from typing import Annotated, ClassVar
 
 from corpusforge.document import Document
-from corpusforge.errors import TaskError
+from corpusforge.errors import Interrupted, TaskError
 from corpusforge.params import Min
 from corpusforge.registry import STAGES, STEPS
 from corpusforge.stage import Stage, StageContext, TaskResult
@@ -54,6 +54,9 @@ class SourceStage(Stage):
                 ctx.fault_at(stats.output)
                 if self.sleep_s:
                     time.sleep(self.sleep_s)
+                    if ctx.stop_requested():  # a slow source stops when asked, as the real stages do
+                        w.abort()
+                        raise Interrupted(f"stage {ctx.stage_name} task {rank} stopped")
         return TaskResult(files=w.files, steps=[stats.to_dict()])
 
 

@@ -1,8 +1,8 @@
 """The ``corpusforge`` command line: thin command groups over the library (nothing in the library imports this).
 
 Groups: ``pipeline`` (run, plan, validate, crawl, build, demo), ``crawl`` (check, new-spider), ``tokens``
-(export-nanogpt, tokenizer-report, token-lineage), ``train`` (train, sample, export). Exit codes are the
-error types' own (``corpusforge.errors.ExitCode``).
+(export-nanogpt, tokenizer-report, token-lineage), ``train`` (train, sample, export), ``storage`` (publish,
+fetch). Exit codes are the error types' own (``corpusforge.errors.ExitCode``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from corpusforge.errors import ExitCode
 __all__ = ["app", "main"]
 
 # Each group registers its commands on ``app`` when imported; this order is the order of --help.
-for _group in ("pipeline", "crawl", "tokens", "train"):
+for _group in ("pipeline", "crawl", "tokens", "train", "storage"):
     importlib.import_module(f"corpusforge.cli.{_group}")
 
 

@@ -33,6 +33,15 @@ MaxPagesOpt = Annotated[
     int | None, typer.Option("--max-pages", min=1, help="Stop the crawl after N stored pages (exit 4)")
 ]
 MaxRuntimeOpt = Annotated[float | None, typer.Option("--max-runtime", min=1, help="Stop after S seconds (exit 4)")]
+ExecutorOpt = Annotated[
+    str | None, typer.Option("--executor", help="local (processes on this machine) or ray (default: the recipe's)")
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address", help="With --executor ray: auto or ray://host:port joins a cluster (default: start one here)"
+    ),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging")]
 
 # What the one-line message starts with, by error type (the rest is the error's own text).

@@ -12,9 +12,11 @@ from typing import Annotated, Any
 import typer
 
 from corpusforge.cli.app import (
+    ExecutorOpt,
     ForceOpt,
     MaxPagesOpt,
     MaxRuntimeOpt,
+    RayAddressOpt,
     SetOpt,
     VerboseOpt,
     WorkdirOpt,
@@ -36,6 +38,8 @@ def run(
     workers: WorkersOpt = None,
     max_pages: MaxPagesOpt = None,
     max_runtime: MaxRuntimeOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run every stage of a recipe; finished work is skipped, so a rerun resumes."""
@@ -45,7 +49,15 @@ def run(
 
     def go() -> int:
         r = load_recipe(recipe, set_ or [], workdir=str(workdir) if workdir else None)
-        return run_with_progress(r, force=force, workers=workers, max_pages=max_pages, max_runtime=max_runtime).status
+        return run_with_progress(
+            r,
+            force=force,
+            workers=workers,
+            max_pages=max_pages,
+            max_runtime=max_runtime,
+            executor=executor,
+            ray_address=ray_address,
+        ).status
 
     raise typer.Exit(guarded(go))
 
@@ -114,6 +126,8 @@ def crawl(
     force: ForceOpt = False,
     max_pages: MaxPagesOpt = None,
     max_runtime: MaxRuntimeOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Crawl one spider into document shards (<workdir>/crawl/). Resumes an interrupted crawl, with any
@@ -134,7 +148,9 @@ def crawl(
         for o in set_ or []:
             apply_override(raw, o)
         r = validate_recipe(raw, source="corpusforge crawl")
-        return run_with_progress(r, force=force, max_pages=max_pages, max_runtime=max_runtime).status
+        return run_with_progress(
+            r, force=force, max_pages=max_pages, max_runtime=max_runtime, executor=executor, ray_address=ray_address
+        ).status
 
     raise typer.Exit(guarded(go))
 
@@ -151,6 +167,8 @@ def build(
     set_: SetOpt = None,
     force: ForceOpt = False,
     workers: WorkersOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Clean, deduplicate, train a tokenizer and write token shards from a crawl or local files."""
@@ -164,7 +182,7 @@ def build(
         for o in set_ or []:
             apply_override(raw, o)
         r = validate_recipe(raw, source="corpusforge build")
-        return run_with_progress(r, force=force, workers=workers).status
+        return run_with_progress(r, force=force, workers=workers, executor=executor, ray_address=ray_address).status
 
     raise typer.Exit(guarded(go))
 
