@@ -234,3 +234,16 @@ def test_the_executor_flag_is_checked_before_anything_runs(tmp_path):
     got = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert got.returncode == 2 and "unknown executor 'spark'; one of: local, ray" in got.stderr
     assert not (tmp_path / "w" / "test_source").exists()
+
+
+@needs_netns
+@pytest.mark.slow  # a Ray instance started, a bounded run, then the rerun
+def test_max_runtime_stops_the_ray_tasks_and_the_rerun_finishes_them(tmp_path):
+    stage = SLOW_SOURCE | {"docs": 1200}  # 8 tasks of about 3 s on 2 CPUs: ~12 s, more than allowed
+    recipe = {"name": "t", "workdir": str(tmp_path / "w"), "executor": "ray", "stages": [stage]}
+    res = run_recipe(validate_recipe(recipe), max_runtime_s=9)
+    assert res.status == PARTIAL, res.message  # tasks that ignored the deadline would all have finished
+    out = tmp_path / "w" / "test_source"
+    assert len(list((out / "completions").glob("*.json"))) < 8 and not (out / "manifest.json").exists()
+    again = run_recipe(validate_recipe(recipe))
+    assert again.status == DONE and len(list((out / "completions").glob("*.json"))) == 8

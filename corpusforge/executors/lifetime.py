@@ -19,9 +19,16 @@ import time
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def die_with_parent(poll_s: float = 0.5) -> None:
-    """End this process (SIGKILL) as soon as the process that started it ends, however it ends."""
-    parent = os.getppid()
+def die_with_parent(poll_s: float = 0.5, *, parent: int | None = None) -> None:
+    """End this process (SIGKILL) as soon as the process that started it ends, however it ends.
+
+    ``parent``: the pid of the process that started this one, as it knew itself. Without it, a parent killed
+    while this process was still starting up (before this call) would go unseen: ``getppid()`` then already
+    names whoever adopted us, and the worker would wait forever for work from a dead pool (its siblings hold
+    the pool's pipes open), holding the work folder (seen under load: a rerun refused for 10 s).
+    """
+    if parent is None:
+        parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)

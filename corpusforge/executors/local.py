@@ -68,12 +68,13 @@ class _Settler:
         return False
 
 
-def _worker_init(run_dir: str, log_level: int) -> None:
+def _worker_init(run_dir: str, log_level: int, parent: int | None = None) -> None:
+    # The parent first: one killed while this worker was still starting must not leave it waiting forever.
+    die_with_parent(parent=parent)  # a kill -9 of the main process ends its workers too
     _log_to_stderr(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: STOP.set())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    die_with_parent()  # a kill -9 of the main process ends its workers too
     hold_workers_lock(Path(run_dir))  # and a rerun waits for them to be gone
 
 
@@ -142,7 +143,7 @@ def _run_pool(
     spawn = mp.get_context("spawn")
     # A spawned worker starts with no logging set up: its warnings and errors would vanish.
     level = max(logging.getLogger("corpusforge").getEffectiveLevel(), logging.WARNING)
-    init = (str(ctx.run_dir), level)
+    init = (str(ctx.run_dir), level, os.getpid())
     with ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=_worker_init, initargs=init) as ex:
         futures: dict[Future[dict[str, Any]], int] = {ex.submit(execute_task, stage, ctx, r): r for r in queue}
         while futures:

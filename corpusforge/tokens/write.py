@@ -221,14 +221,14 @@ class _EncodeJob:
 _WORKER: dict[str, _EncodeJob] = {}
 
 
-def _worker_init(tokenizer_json: str, eot: int, dtype: str, verify_every: int) -> None:
-    die_with_parent()  # an encoder outlives neither its task nor a kill -9 of the run
+def _worker_init(tokenizer_json: str, eot: int, dtype: str, verify_every: int, parent: int | None = None) -> None:
+    die_with_parent(parent=parent)  # an encoder outlives neither its task nor a kill -9 of the run
     _WORKER["job"] = _EncodeJob(tokenizer_json, eot, dtype, verify_every)
 
 
-def _worker_init_forked(job: _EncodeJob) -> None:
+def _worker_init_forked(job: _EncodeJob, parent: int | None = None) -> None:
     """fork: the parent's seeded encoder, inherited as it is (no tokenizer to parse, no table to rebuild)."""
-    die_with_parent()
+    die_with_parent(parent=parent)
     _WORKER["job"] = job
 
 
@@ -261,10 +261,10 @@ class _Encoders:
             if method == "fork":
                 job = _EncodeJob(tok, eot, dtype.name, verify_every)
                 job.encoder.seed_vocabulary(limit=SEED_TOKENS)
-                init: tuple[Any, ...] = (job,)
+                init: tuple[Any, ...] = (job, os.getpid())
                 initializer: Callable[..., None] = _worker_init_forked
             else:
-                init, initializer = (tok.to_str(), eot, dtype.name, verify_every), _worker_init
+                init, initializer = (tok.to_str(), eot, dtype.name, verify_every, os.getpid()), _worker_init
             saved = os.environ.get("TOKENIZERS_PARALLELISM")
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
             try:
