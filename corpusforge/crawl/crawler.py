@@ -72,13 +72,41 @@ def _previous_pages(folder: str | None) -> dict[str, PageRecord]:
 
 
 class Crawler:
-    def __init__(self, spider: Spider, backend: Any, settings: CrawlSettings, ctx: StageContext) -> None:
+    def __init__(
+        self,
+        spider: Spider,
+        backend: Any,
+        settings: CrawlSettings,
+        ctx: StageContext,
+        *,
+        rank: int = 0,
+        frontier_key: str | None = None,
+    ) -> None:
         self.spider = spider
         self.backend = backend
         self.s = settings
         self.ctx = ctx
+        self.rank = rank
         self.seeds = settings.seeds or spider.seeds
-        self.frontier = Frontier(ctx.out_dir / "state")
+        # A Redis frontier (``crawl.redis_frontier``) when the crawl is shared by several processes; it is
+        # also the scheduler the pool takes tickets from.
+        self.shared: Any = None
+        self.frontier: Any
+        if settings.frontier is not None:
+            from corpusforge.crawl.redis_frontier import RedisFrontier
+
+            conc, per_host = self.limits()
+            self.shared = self.frontier = RedisFrontier(
+                settings.frontier,
+                frontier_key or "default",
+                rank=rank,
+                per_host_concurrency=per_host,
+                concurrency=conc if getattr(backend, "thread_safe", False) else 1,
+                base_delay_s=max(settings.min_delay_s, spider.min_delay_s),
+                lease_s=settings.lease_s,
+            )
+        else:
+            self.frontier = Frontier(ctx.out_dir / "state")
         self.parser = getattr(backend, "parser", "lxml")
         self.previous = _previous_pages(settings.previous)
         self.robots = RobotsCache(
@@ -87,6 +115,8 @@ class Crawler:
             user_agent=settings.user_agent,
             timeout_s=min(10.0, settings.timeout_s),
         )
+        self.robots.shared = self.shared
+        self._global_stored = (0, -1.0)  # (stored by every process, when read): the shared crawl's bound
         self.host_next: dict[str, float] = {}
         self.host_skip: dict[str, str] = {}
         # Pending (not yet committed) state of the current segment.
@@ -104,8 +134,20 @@ class Crawler:
         self.render_later: Callable[[_Item, _Fetched, list[str], str], None] | None = None
 
     # ------------------------------------------------------------------ state
+    def _seg_prefix(self) -> str:
+        return f"seg-r{self.rank:03d}-" if self.shared is not None else "seg-"
+
     def _recover(self) -> None:
         """Drop segment files no transaction recorded (a crash between rename and commit)."""
+        if self.shared is not None:
+            self.shared.ensure_usable()
+            mine = {s["name"] for s in self.shared.segments(self.rank)}
+            for p in self.ctx.out_dir.glob(f"{self._seg_prefix()}*.arrow*"):
+                if p.name not in mine:
+                    log.info("removing unrecorded segment %s", p.name)
+                    p.unlink()
+            self.segment_no = len(mine)
+            return  # the queue, seen URLs and counters live in Redis
         recorded = {s["name"] for s in self.frontier.segments()}
         for p in self.ctx.out_dir.glob("seg-*.arrow*"):
             if p.name not in recorded:
@@ -144,6 +186,12 @@ class Crawler:
         self.in_segment = 0
 
     def _stored_total(self) -> int:
+        if self.shared is not None:  # every process's pages: the bounds are the crawl's, not one process's
+            n, at = self._global_stored
+            if time.monotonic() - at > 0.5:
+                n = self.shared.status()["stored"]
+                self._global_stored = (n, time.monotonic())
+            return n + self.pending_counts["count"]["stored"]
         return self.stored_committed + self.pending_counts["count"]["stored"]
 
     # ------------------------------------------------------------------ link admission
@@ -478,7 +526,7 @@ class Crawler:
         self, item: _Item, final_url: str, resp: FetchResponse, html: str, flags: list[str], *, rendered: bool = False
     ) -> None:
         if self.writer is None:
-            self.writer = ShardWriter(self.ctx.out_dir, f"seg-{self.segment_no:05d}", max_bytes=1 << 40)
+            self.writer = ShardWriter(self.ctx.out_dir, f"{self._seg_prefix()}{self.segment_no:05d}", max_bytes=1 << 40)
         headers = {k: v for k, v in resp.headers.items() if k in KEPT_HEADERS}
         meta: dict[str, Any] = {"headers": headers, "depth": item.depth, "bytes": len(resp.body)}
         charset = charset_of(resp.headers.get("content-type", ""))
@@ -563,7 +611,8 @@ class Crawler:
         it and the backend allows it; it returns whether the crawl stopped early. Otherwise the sequential loop.
         """
         self._recover()
-        if self.frontier.is_empty():
+        # A shared frontier takes the seeds from every process: its set of seen URLs keeps them queued once.
+        if self.shared is not None or self.frontier.is_empty():
             for seed in [*self.seeds, *self.spider.sitemaps]:
                 self._admit(seed, 0)
             self._commit()
@@ -571,12 +620,22 @@ class Crawler:
         self.progress = CrawlProgress(interval_s=progress_interval_s(), max_pages=min(bounds) if bounds else None)
         t0 = time.time()
         try:
+            if self.shared is not None:
+                assert pool is not None, "a shared frontier is crawled through the pool"
+                partial = pool(self)
+                self._commit()
+                self.shared.release_held()
+                from corpusforge.crawl.shared import task_outcome
+
+                return task_outcome(self, partial, time.time() - t0)
             partial = pool(self) if pool is not None and self._concurrent() else self._loop()
             self._commit()
         finally:
             if self.writer is not None:
                 self.writer.abort()
             self.frontier.close()
+            if self.shared is not None:
+                self.shared.close_client()
             self.backend.close()
         return read_outcome(self.ctx.out_dir / "state", partial, time.time() - t0)
 

@@ -59,7 +59,13 @@ class _Pool:
         s = crawler.s
         self.concurrency, per_host = crawler.limits()  # a spider may only be stricter
         self.base_delay = max(s.min_delay_s, crawler.spider.min_delay_s)
-        self.sched = Scheduler(delay_s=self._delay_s, concurrency=self.concurrency, per_host_concurrency=per_host)
+        self.shared = crawler.shared
+        self.sched: Any
+        if self.shared is not None:  # a Redis frontier: its host slots and delays hold across processes
+            self.sched = self.shared
+            self.concurrency = self.shared.concurrency
+        else:
+            self.sched = Scheduler(delay_s=self._delay_s, concurrency=self.concurrency, per_host_concurrency=per_host)
         crawler.render_later = self._render_later
         self.results: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.stop = threading.Event()
@@ -112,6 +118,14 @@ class _Pool:
     def _feed(self) -> None:
         """Hand what the phases queued (links, retries) to the scheduler."""
         c = self.c
+        if self.shared is not None:  # one round trip for all of a page's links
+            items = list(c.queue)
+            c.queue.clear()
+            reasons = self.shared.push_many([(it.url, it.depth, it.tries, False, None) for it in items])
+            for it, reason in zip(items, reasons, strict=True):
+                if reason is not None:
+                    c._drop(it.url, reason)
+            return
         while c.queue:
             it = c.queue.popleft()
             reason = self.sched.push(it.url, it.depth, it.tries)
@@ -243,11 +257,21 @@ class _Pool:
         for t in threads:
             t.start()
         stopped: str | None = None
+        shared, last_commit = self.shared, time.monotonic()
         try:
             while True:
                 stopped = self._stop_reason()
                 if stopped is not None:
                     break
+                if shared is not None:
+                    if shared.renew_due():
+                        shared.renew()
+                    # Idle here: record what is pending, so its leases end and the other processes, waiting
+                    # for every lease before they finish, do not wait for this one's next full segment.
+                    if c.pending_done and self.results.empty() and time.monotonic() - last_commit >= 1.0:
+                        if shared.local_work() == 0:
+                            c._commit()
+                            last_commit = time.monotonic()
                 if self.sched.unfinished() == 0 and self.results.empty():
                     break
                 c.progress.tick(self._sample)

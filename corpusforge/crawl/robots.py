@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin
 
 from corpusforge.crawl.page import FetchRequest
@@ -90,20 +91,41 @@ class RobotsCache:
         self.timeout_s = timeout_s
         self.max_redirects = max_redirects
         self._cache: dict[str, RobotsRules] = {}
+        # A store shared by the processes of one crawl (the Redis frontier): robots.txt is read once per host
+        # for all of them. ``get(host)`` → a record or None; ``put(host, record, crawl_delay_s)``.
+        self.shared: Any = None
 
     def rules(self, host: str) -> RobotsRules:
         """Rules for ``scheme://host:port`` (fetched once per crawl)."""
         if host not in self._cache:
-            self._cache[host] = self._fetch(host)
+            got = self.cached(host)
+            if got is None:
+                got, text = self._fetch(host)
+                if self.shared is not None:
+                    self.shared.robots_put(host, {"status": got.status, "text": text}, got.crawl_delay_s)
+                self._cache[host] = got
         return self._cache[host]
 
     def cached(self, host: str) -> RobotsRules | None:
-        """Rules for ``host`` if already fetched, else None (never fetches)."""
-        return self._cache.get(host)
+        """Rules for ``host`` if already fetched (by this process, or by another of a shared crawl), else None
+        (never fetches)."""
+        got = self._cache.get(host)
+        if got is None and self.shared is not None:
+            record = self.shared.robots_get(host)
+            if record is not None:
+                got = self._cache[host] = self._parse(record["status"], record.get("text"))
+        return got
 
-    def _fetch(self, host: str) -> RobotsRules:
+    def _parse(self, status: str, text: str | None) -> RobotsRules:
+        if status != "ok" or text is None:
+            return RobotsRules(status)
         import protego
 
+        parser = protego.Protego.parse(rules_for(text, self.agent_token))
+        return RobotsRules("ok", parser, parser.crawl_delay(self.agent_token))
+
+    def _fetch(self, host: str) -> tuple[RobotsRules, str | None]:
+        """The host's rules and, when it served a robots.txt, its text."""
         url = f"{host}/robots.txt"
         for _ in range(self.max_redirects + 1):
             resp = self.backend.fetch(  # type: ignore[attr-defined]
@@ -117,17 +139,16 @@ class RobotsCache:
                 resp.body = resp.body[: self.max_bytes]
             if resp.error:
                 log.info("robots.txt for %s unavailable (%s): host disallowed", host, resp.error)
-                return RobotsRules("unavailable")
+                return RobotsRules("unavailable"), None
             if resp.status in (301, 302, 303, 307, 308) and "location" in resp.headers:
                 url = urljoin(url, resp.headers["location"])
                 if not url.startswith(("http://", "https://")):
-                    return RobotsRules("unavailable")
+                    return RobotsRules("unavailable"), None
                 continue
             if 200 <= resp.status < 300:
                 text = resp.body.decode("utf-8", errors="replace")
-                parser = protego.Protego.parse(rules_for(text, self.agent_token))
-                return RobotsRules("ok", parser, parser.crawl_delay(self.agent_token))
+                return self._parse("ok", text), text
             if 400 <= resp.status < 500:
-                return RobotsRules("missing")
-            return RobotsRules("unavailable")
-        return RobotsRules("unavailable")
+                return RobotsRules("missing"), None
+            return RobotsRules("unavailable"), None
+        return RobotsRules("unavailable"), None

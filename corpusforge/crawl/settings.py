@@ -53,6 +53,15 @@ class CrawlSettings:
     concurrency: Annotated[int, Min(1), Max(256)] = 16
     per_host_concurrency: Annotated[int, Min(1), Max(16)] = 1
     browsers: Annotated[int, Min(1), Max(32)] = 1
+    # A frontier shared by many crawler processes: ``redis://host:port/db`` or ``unix:///path/redis.sock``
+    # (None: the SQLite frontier in the crawl's folder). ``tasks`` crawler processes then share it (each with
+    # its own fetch threads and segments); ``lease_s`` is how long a taken URL stays a process's without a
+    # renewal (a dead process's URLs go to the others after it); ``frontier_key`` names the crawl in Redis
+    # (default: derived from this config, so a rerun continues the same crawl and another crawl never mixes).
+    frontier: str | None = None
+    tasks: Annotated[int, Min(1), Max(256)] = 1
+    lease_s: Annotated[float, Min(0.5)] = 30.0
+    frontier_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, defaults included: the stage's config, hashed to refuse a changed crawl folder."""

@@ -18,10 +18,18 @@ class CrawlStage(Stage):
     schema: ClassVar[type | None] = CrawlSettings
     # How many fetches run at once changes the speed and the order pages are stored in, never which pages
     # are stored or how politely: a crawl may resume with another concurrency.
-    runtime_params: ClassVar[frozenset[str]] = frozenset({"concurrency", "per_host_concurrency", "browsers"})
+    runtime_params: ClassVar[frozenset[str]] = frozenset({"concurrency", "per_host_concurrency", "browsers", "lease_s"})
 
     def __init__(self, **params: Any) -> None:
         self.settings = CrawlSettings(**params)
+        # With a Redis frontier the tasks are crawler processes that work together, all at once, each in a
+        # process of its own: one that dies must not take the others with it (see executors.local).
+        self.independent_tasks = self.settings.frontier is not None and self.settings.tasks > 1
+
+    def frontier_key(self) -> str:
+        from corpusforge.crawl.redis_frontier import frontier_key
+
+        return self.settings.frontier_key or frontier_key(self.config())
 
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in self.settings.to_dict().items() if k not in self.runtime_params}
@@ -45,12 +53,33 @@ class CrawlStage(Stage):
                 f"{s.previous!r} is not an earlier crawl's folder (no state/frontier.sqlite)",
                 path=f"{path}.previous",
             )
+        if s.frontier is not None:
+            from corpusforge.crawl.redis_frontier import connect, is_redis_url
+
+            if not is_redis_url(s.frontier):
+                raise ConfigError(
+                    f"{s.frontier!r}: a shared frontier is redis://host:port/db, rediss://… or unix:///path.sock",
+                    path=f"{path}.frontier",
+                )
+            if s.previous is not None:
+                raise ConfigError("a re-crawl ('previous') runs on the SQLite frontier only", path=f"{path}.previous")
+            connect(s.frontier, path=f"{path}.frontier", probe=True).close()  # unreachable: exit 1, nothing written
+        elif s.tasks > 1:
+            raise ConfigError(
+                'several crawler processes need a frontier they share: set frontier = "redis://…"',
+                path=f"{path}.tasks",
+            )
         for i, seed in enumerate(s.seeds or spider.seeds):
             if not scheme_ok(seed):
                 raise ConfigError(f"seed {seed!r}: only http and https URLs can be crawled", path=f"{path}.seeds[{i}]")
 
     def parallel(self) -> bool:
-        return False  # one task; it runs in the runner's process so SIGTERM reaches it directly
+        # One task runs in the runner's process so SIGTERM reaches it directly; a shared crawl's tasks are
+        # processes of their own.
+        return self.independent_tasks
+
+    def num_tasks(self, ctx: StageContext) -> int:
+        return self.settings.tasks if self.settings.frontier is not None else 1
 
     def prepare_task(self, ctx: StageContext, rank: int) -> None:
         """Keep earlier segments: the crawler resumes from its frontier."""
@@ -66,7 +95,22 @@ class CrawlStage(Stage):
         wanted = inspect.signature(backend_cls).parameters
         extra = {k: getattr(s, k) for k in ("browsers", "concurrency") if k in wanted}
         backend = backend_cls(user_agent=s.user_agent, timeout_s=s.timeout_s, **extra)
-        outcome = Crawler(load_spider(s.spider), backend, s, ctx).run(pool=run_pool)
+        key = self.frontier_key() if s.frontier is not None else None
+        outcome = Crawler(load_spider(s.spider), backend, s, ctx, rank=rank, frontier_key=key).run(pool=run_pool)
         return TaskResult(
             files=outcome.files, steps=[outcome.stats.to_dict()], extra=outcome.extra, partial=outcome.partial
         )
+
+    def finalize(self, ctx: StageContext, results: list[TaskResult]) -> dict[str, Any]:
+        """A shared crawl: every task's segments together hold each stored URL once; the crawl's totals."""
+        s = self.settings
+        if s.frontier is None:
+            return {}
+        from corpusforge.crawl.redis_frontier import RedisFrontier
+        from corpusforge.crawl.shared import finalize
+
+        frontier = RedisFrontier(s.frontier, self.frontier_key())
+        try:
+            return finalize(ctx.out_dir, frontier, [f for r in results for f in r.files])
+        finally:
+            frontier.close_client()

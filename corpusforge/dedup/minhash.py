@@ -16,6 +16,12 @@
    ``near_duplicate_indexed``), the rest are written to the stage's own folder; then the kept documents'
    band hashes are added to ``index`` (see ``index.py``) if one is configured.
 
+``index``: a folder (``index.py``: one machine, band hashes in ``.npy`` parts), or a Redis URL
+(``redis://host:port/db``, ``rediss://…``, ``unix:///path/redis.sock[?db=N]``; ``redis_index.py``): one index
+shared by builds on several machines, datasketch's ``MinHashLSH`` in Redis fed with our signatures (which the
+signatures stage then keeps). Either way a batch (identified by ``batch_key``) never matches itself, so rerunning
+one keeps the same documents and adds nothing twice.
+
 Defaults follow FineWeb (Penedo et al. 2024): 5-grams, 14 bands × 8 rows (112 permutations), which puts the
 50% detection point near Jaccard 0.72 and detects a pair at Jaccard 0.8 with probability ≈ 0.92 (≥ 0.99 at
 0.85). Documents without any word are never grouped (exact dedup handles identical empty texts). Documents
@@ -34,8 +40,9 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from corpusforge.dedup.index import BandIndex, matches
+from corpusforge.dedup.redis_index import RedisBandIndex, is_redis_url
 from corpusforge.dedup.shingles import band_hashes, packed_shingles, pair_jaccards, permutations, signatures
-from corpusforge.errors import Interrupted, ShardError
+from corpusforge.errors import ConfigError, Interrupted, ShardError
 from corpusforge.params import Max, Min
 from corpusforge.stage import Stage, StageContext, TaskResult
 from corpusforge.stats import StepStats
@@ -43,9 +50,14 @@ from corpusforge.storage import ShardWriter, iter_documents, load_manifest, mani
 
 
 class _Params:
-    def __init__(self, ngram: int, bands: int, rows: int, seed: int, threshold: float, exact: bool, tasks: int) -> None:
+    def __init__(
+        self, ngram: int, bands: int, rows: int, seed: int, threshold: float, exact: bool, tasks: int, keep_sig: bool
+    ) -> None:
         self.ngram, self.bands, self.rows, self.seed = ngram, bands, rows, seed
         self.threshold, self.exact, self.tasks = threshold, exact, tasks
+        # Signatures are stored for the estimated Jaccard and for a Redis index (which indexes them). Not part
+        # of config(): it follows from ``threshold`` and ``index``, both in the plan's config hash already.
+        self.keep_sig = keep_sig or threshold > 0
 
     def hash_params(self) -> dict[str, Any]:
         return {"ngram": self.ngram, "bands": self.bands, "rows": self.rows, "seed": self.seed}
@@ -90,6 +102,14 @@ def _load_signatures(home: Path, with_sig: bool = False) -> dict[str, Any]:
     if with_sig:
         out["sig"] = np.asarray(t.column("sig").combine_chunks().flatten(), dtype=np.uint32).reshape(n, -1)
     return out
+
+
+def _sig_of(s: dict[str, Any]) -> np.ndarray:
+    """The stored signatures, checked: a signatures folder made without them cannot feed a Redis index."""
+    sig = s.get("sig", np.zeros((0, 0), np.uint32))
+    if len(s["ids"]) and sig.shape[1] == 0:
+        raise ShardError("signatures/ holds no signatures (made before index was a Redis URL?); rerun with --force")
+    return sig
 
 
 def batch_key(home: Path) -> str:
@@ -160,7 +180,7 @@ class SignaturesStage(_Sub):
                 sig, has = signatures(texts, ngram=self.p.ngram, perms=perms)
                 bands = band_hashes(sig, self.p.bands, self.p.rows)
                 band_rows, has_rows = bands.tolist(), has.tolist()
-                sig_rows = sig.tolist() if self.p.threshold > 0 else None
+                sig_rows = sig.tolist() if self.p.keep_sig else None
                 for k, id_ in enumerate(ids):
                     w.write_row(
                         {
@@ -259,12 +279,20 @@ class ClustersStage(_Sub):
         rows = {x: (r, "" if x == r else "near_duplicate") for x, r in root.items()}
         extra: dict[str, Any] = {}
         if self.index is not None:
-            s = _load_signatures(ctx.home)
-            old = BandIndex(Path(self.index), self.p.hash_params()).load(exclude=batch_key(ctx.home))
-            hit = matches(old, s["bands"]) & s["has"]
+            key = batch_key(ctx.home)
+            if is_redis_url(self.index):
+                s = _load_signatures(ctx.home, with_sig=True)
+                shared = RedisBandIndex(self.index, self.p.hash_params())
+                hit = shared.matches(_sig_of(s), s["has"], exclude=key)
+                checked = shared.docs() - (shared.batch_docs(key) or 0)  # this batch's own documents excluded
+            else:
+                s = _load_signatures(ctx.home)
+                old = BandIndex(Path(self.index), self.p.hash_params()).load(exclude=key)
+                hit = matches(old, s["bands"]) & s["has"]
+                checked = int(old.shape[0])
             for x in sorted({str(i) for i in s["ids"][hit]}):
                 rows[x] = (rows.get(x, (x, ""))[0], "near_duplicate_indexed")
-            extra["indexed_docs_checked_against"] = int(old.shape[0])
+            extra["indexed_docs_checked_against"] = checked
             extra["indexed_matches"] = int(hit.sum())
         schema = pa.schema([("id", pa.string()), ("cluster", pa.string()), ("reason", pa.string())])
         with ShardWriter(ctx.out_dir, f"{rank:05d}", schema=schema, batch_rows=8192) as w:
@@ -323,8 +351,13 @@ class ApplyStage(_Sub):
             return {}
         assert ctx.home is not None
         drop = self._drops(ctx.home)
-        s = _load_signatures(ctx.home)
+        redis_index = is_redis_url(self.index)
+        s = _load_signatures(ctx.home, with_sig=redis_index)
         keep = s["has"] & np.array([str(i) not in drop for i in s["ids"]], dtype=bool)
+        if redis_index:
+            shared = RedisBandIndex(self.index, self.p.hash_params())
+            ids = [str(i) for i in s["ids"][keep]]
+            return {"index": shared.add(batch_key(ctx.home), ids, _sig_of(s)[keep])}
         summary = BandIndex(Path(self.index), self.p.hash_params()).add(batch_key(ctx.home), s["bands"][keep])
         return {"index": {"path": str(self.index), **summary}}
 
@@ -335,7 +368,9 @@ class MinHashDedupStage(Stage):
     ``threshold`` > 0 verifies candidate pairs by their estimated Jaccard (off by default, as in FineWeb);
     with ``exact_verify`` by their exact Jaccard instead (the texts of the documents in a candidate pair are
     read again: precision ≈ 1 at the cost of a second read of the duplicates only).
-    ``index``: a folder outside the run that keeps the band hashes of every kept document across runs.
+    ``index``: a folder outside the run that keeps the band hashes of every kept document across runs, or a
+    Redis URL (``redis://host:port/db``, ``rediss://``, ``unix:///path/redis.sock?db=N``) of an index shared by
+    builds on several machines (``redis_index.py``; needs ``pip install 'corpusforge[redis]'``).
     ``tasks``: tasks of the signatures and apply sub-stages (files are assigned by position).
     """
 
@@ -354,9 +389,20 @@ class MinHashDedupStage(Stage):
         tasks: Annotated[int, Min(1)] = 1,
         max_shard_bytes: Annotated[int, Min(1 << 16)] = 512 << 20,
     ) -> None:
-        self.p = _Params(ngram, bands, rows, seed, threshold, exact_verify, tasks)
+        self.p = _Params(ngram, bands, rows, seed, threshold, exact_verify, tasks, keep_sig=is_redis_url(index))
         self.index = index
         self.max_shard_bytes = max_shard_bytes
+
+    def validate(self, path: str) -> None:
+        """A Redis index: the packages, the URL and the server are checked before anything runs."""
+        if not is_redis_url(self.index):
+            return
+        assert self.index is not None
+        try:
+            RedisBandIndex(self.index, self.p.hash_params())
+        except ConfigError as exc:
+            field = exc.path or "index"
+            raise ConfigError(str(exc).removeprefix(f"{exc.path}: "), path=f"{path}.{field}") from exc
 
     def expand(self) -> list[Stage]:
         return [

@@ -95,8 +95,13 @@ def run_tasks(
     """Run ``pending`` task ranks of ``stage``; ``on_done(rank)`` after each task that finished whole."""
     outcome = TasksOutcome()
     settler = _Settler(ctx.stage_name, outcome)
-    if min(workers, len(pending)) <= 1 or not stage.parallel():
+    if min(workers, len(pending)) <= 1 and not getattr(stage, "independent_tasks", False) or not stage.parallel():
         _run_here(stage, ctx, pending, settler, on_done)
+        return outcome
+    if getattr(stage, "independent_tasks", False):
+        _run_processes(stage, ctx, pending, settler, on_done)
+        if STOP.is_set():
+            outcome.partial = True
         return outcome
     queue = list(pending)
     while queue and not STOP.is_set():
@@ -167,3 +172,77 @@ def _run_pool(
                 settler.outcome.partial |= record["partial"]
                 if not record["partial"]:
                     on_done(rank)
+
+
+def _task_main(stage: Stage, ctx: StageContext, rank: int, conn: Any, init: tuple[Any, ...]) -> None:
+    """One task in a process of its own: its record, or the exception it raised, goes back through ``conn``."""
+    _worker_init(*init)
+    try:
+        msg: tuple[str, Any] = ("ok", execute_task(stage, ctx, rank))
+    except BaseException as exc:  # noqa: BLE001 - handed to the parent's failure policy
+        msg = ("error", exc)
+    try:
+        conn.send(msg)
+    except Exception:  # noqa: BLE001 - an exception that does not pickle: send its text
+        conn.send(("error", RuntimeError(describe(msg[1]) if msg[0] == "error" else "unpicklable result")))
+    conn.close()
+
+
+def _run_processes(
+    stage: Stage, ctx: StageContext, queue: list[int], settler: _Settler, on_done: Callable[[int], None]
+) -> None:
+    """Every task at once, each in a process of its own (``stage.independent_tasks``: tasks that work together
+    through a shared service, the crawler processes of a Redis frontier). Unlike a pool, one that dies takes
+    nothing else with it: the others go on, and it is started again under the failure policy."""
+    import multiprocessing.connection as mpc
+
+    spawn = mp.get_context("spawn")
+    level = max(logging.getLogger("corpusforge").getEffectiveLevel(), logging.WARNING)
+    init = (str(ctx.run_dir), level, os.getpid())
+    running: dict[int, tuple[Any, Any]] = {}
+    stopping = False
+
+    def start(rank: int) -> None:
+        parent, child = spawn.Pipe(duplex=False)
+        proc = spawn.Process(target=_task_main, args=(stage, ctx, rank, child, init), daemon=True)
+        proc.start()
+        child.close()
+        running[rank] = (proc, parent)
+
+    for rank in queue:
+        start(rank)
+    try:
+        while running:
+            if STOP.is_set() and not stopping:
+                stopping = True  # pass the stop on: each task saves its state and ends partial
+                for proc, _ in running.values():
+                    if proc.is_alive():
+                        os.kill(proc.pid, signal.SIGTERM)
+            mpc.wait([c for _, c in running.values()] + [p.sentinel for p, _ in running.values()], timeout=0.5)
+            for rank, (proc, conn) in list(running.items()):
+                msg = None
+                if conn.poll():
+                    try:
+                        msg = conn.recv()
+                    except (EOFError, OSError):
+                        msg = None
+                if msg is None and proc.is_alive():
+                    continue
+                proc.join(timeout=30)
+                conn.close()
+                del running[rank]
+                if msg is not None and msg[0] == "ok":
+                    settler.outcome.partial |= msg[1]["partial"]
+                    if not msg[1]["partial"]:
+                        on_done(rank)
+                    continue
+                exc = msg[1] if msg is not None else WorkerDied(f"task {rank}: its process died ({proc.exitcode})")
+                if settler.failed(rank, exc) and not STOP.is_set():
+                    log.warning("stage %s: task %d runs again in a new process", ctx.stage_name, rank)
+                    start(rank)
+    finally:
+        for proc, conn in running.values():
+            if proc.is_alive():
+                proc.kill()
+            proc.join(timeout=10)
+            conn.close()
