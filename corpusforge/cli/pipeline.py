@@ -121,6 +121,13 @@ def crawl(
     browsers: Annotated[
         int | None, typer.Option(min=1, max=32, help="Headless Chromiums for selenium and auto (default 1)")
     ] = None,
+    frontier: Annotated[
+        str | None,
+        typer.Option(help="A frontier shared by many crawler processes: redis://host:port/db or unix:///path.sock"),
+    ] = None,
+    tasks: Annotated[
+        int | None, typer.Option(min=1, max=256, help="Crawler processes sharing --frontier (default 1)")
+    ] = None,
     workdir: WorkdirOpt = None,
     set_: SetOpt = None,
     force: ForceOpt = False,
@@ -131,7 +138,8 @@ def crawl(
     verbose: VerboseOpt = False,
 ) -> None:
     """Crawl one spider into document shards (<workdir>/crawl/). Resumes an interrupted crawl, with any
-    concurrency."""
+    concurrency. With --frontier redis://… and --tasks N, N crawler processes (here, or Ray tasks with
+    --executor ray) share one frontier, each host's politeness kept across all of them."""
     setup(verbose)
     from corpusforge.console import run_with_progress
     from corpusforge.recipe import apply_override, validate_recipe
@@ -142,7 +150,8 @@ def crawl(
             "workers": 1,
             "stages": [{"kind": "crawl", "spider": str(spider), "backend": backend}],
         }
-        limits = {"concurrency": concurrency, "per_host_concurrency": per_host_concurrency, "browsers": browsers}
+        limits: dict[str, Any] = {"concurrency": concurrency, "per_host_concurrency": per_host_concurrency}
+        limits |= {"browsers": browsers, "frontier": frontier, "tasks": tasks}
         raw["stages"][0].update({k: v for k, v in limits.items() if v is not None})
         raw["workdir"] = str(workdir or Path("runs") / spider.stem)
         for o in set_ or []:

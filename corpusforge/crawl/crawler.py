@@ -24,11 +24,10 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
-from corpusforge.crawl.frontier import Frontier, PageRecord
+from corpusforge.crawl.frontier import Frontier, PageRecord, previous_pages
 from corpusforge.crawl.html import charset_of, decode_html, optouts, sitemap_locs, visible_text_chars
 from corpusforge.crawl.page import (
     CrawlOutcome,
@@ -36,6 +35,7 @@ from corpusforge.crawl.page import (
     FetchResponse,
     _Fetched,
     _Item,
+    next_item,
     read_outcome,
     retry_after_s,
 )
@@ -60,17 +60,6 @@ RETRYABLE_STATUS = (429, 500, 502, 503, 504)
 REDIRECT_STATUS = (301, 302, 303, 307, 308)
 
 
-def _previous_pages(folder: str | None) -> dict[str, PageRecord]:
-    """What an earlier crawl (its folder) stored, by URL: the validators and links a re-crawl needs."""
-    if folder is None:
-        return {}
-    old = Frontier(Path(folder) / "state", readonly=True)
-    try:
-        return old.pages()
-    finally:
-        old.close()
-
-
 class Crawler:
     def __init__(
         self,
@@ -93,22 +82,13 @@ class Crawler:
         self.shared: Any = None
         self.frontier: Any
         if settings.frontier is not None:
-            from corpusforge.crawl.redis_frontier import RedisFrontier
+            from corpusforge.crawl.shared import open_frontier
 
-            conc, per_host = self.limits()
-            self.shared = self.frontier = RedisFrontier(
-                settings.frontier,
-                frontier_key or "default",
-                rank=rank,
-                per_host_concurrency=per_host,
-                concurrency=conc if getattr(backend, "thread_safe", False) else 1,
-                base_delay_s=max(settings.min_delay_s, spider.min_delay_s),
-                lease_s=settings.lease_s,
-            )
+            self.shared = self.frontier = open_frontier(self, frontier_key)
         else:
             self.frontier = Frontier(ctx.out_dir / "state")
         self.parser = getattr(backend, "parser", "lxml")
-        self.previous = _previous_pages(settings.previous)
+        self.previous = previous_pages(settings.previous)
         self.robots = RobotsCache(
             backend,
             agent_token=settings.agent_token,
@@ -116,7 +96,6 @@ class Crawler:
             timeout_s=min(10.0, settings.timeout_s),
         )
         self.robots.shared = self.shared
-        self._global_stored = (0, -1.0)  # (stored by every process, when read): the shared crawl's bound
         self.host_next: dict[str, float] = {}
         self.host_skip: dict[str, str] = {}
         # Pending (not yet committed) state of the current segment.
@@ -140,13 +119,9 @@ class Crawler:
     def _recover(self) -> None:
         """Drop segment files no transaction recorded (a crash between rename and commit)."""
         if self.shared is not None:
-            self.shared.ensure_usable()
-            mine = {s["name"] for s in self.shared.segments(self.rank)}
-            for p in self.ctx.out_dir.glob(f"{self._seg_prefix()}*.arrow*"):
-                if p.name not in mine:
-                    log.info("removing unrecorded segment %s", p.name)
-                    p.unlink()
-            self.segment_no = len(mine)
+            from corpusforge.crawl.shared import recover
+
+            self.segment_no = recover(self)
             return  # the queue, seen URLs and counters live in Redis
         recorded = {s["name"] for s in self.frontier.segments()}
         for p in self.ctx.out_dir.glob("seg-*.arrow*"):
@@ -187,11 +162,7 @@ class Crawler:
 
     def _stored_total(self) -> int:
         if self.shared is not None:  # every process's pages: the bounds are the crawl's, not one process's
-            n, at = self._global_stored
-            if time.monotonic() - at > 0.5:
-                n = self.shared.status()["stored"]
-                self._global_stored = (n, time.monotonic())
-            return n + self.pending_counts["count"]["stored"]
+            return self.shared.stored_cached() + self.pending_counts["count"]["stored"]
         return self.stored_committed + self.pending_counts["count"]["stored"]
 
     # ------------------------------------------------------------------ link admission
@@ -558,32 +529,7 @@ class Crawler:
 
     # ------------------------------------------------------------------ the loop
     def _next_item(self) -> _Item:
-        """The first queued URL whose host may be fetched now, else the one whose host's slot comes first
-        (looking a bounded way ahead).
-
-        With several hosts, one host's delay (or Retry-After hold) does not stall the others: when no host is
-        ready this instant, the loop waits for the earliest slot, not for the head's host. Per-host order is
-        kept: only each host's first queued URL is a candidate.
-        """
-        now = time.monotonic()
-        pick, soonest = 0, None
-        hosts: set[str] = set()
-        for i, item in enumerate(self.queue):
-            if i >= 256:
-                break
-            h = host_key(item.url)
-            if h in hosts:
-                continue
-            hosts.add(h)
-            ready_at = self.host_next.get(h, 0.0)
-            if ready_at <= now:
-                pick = i
-                break
-            if soonest is None or ready_at < soonest:
-                pick, soonest = i, ready_at
-        item = self.queue[pick]
-        del self.queue[pick]
-        return item
+        return next_item(self.queue, self.host_next)
 
     def limits(self) -> tuple[int, int]:
         """(fetches in flight over all hosts, per host): the recipe's, or the spider's where it is stricter."""
@@ -620,13 +566,13 @@ class Crawler:
         self.progress = CrawlProgress(interval_s=progress_interval_s(), max_pages=min(bounds) if bounds else None)
         t0 = time.time()
         try:
-            if self.shared is not None:
-                assert pool is not None, "a shared frontier is crawled through the pool"
+            if self.shared is not None:  # always through the pool: its scheduler is the frontier
+                from corpusforge.crawl.shared import task_outcome
+
+                assert pool is not None
                 partial = pool(self)
                 self._commit()
                 self.shared.release_held()
-                from corpusforge.crawl.shared import task_outcome
-
                 return task_outcome(self, partial, time.time() - t0)
             partial = pool(self) if pool is not None and self._concurrent() else self._loop()
             self._commit()

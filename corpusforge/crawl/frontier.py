@@ -122,3 +122,14 @@ class Frontier:
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+
+
+def previous_pages(folder: str | None) -> dict[str, PageRecord]:
+    """What an earlier crawl (its folder) stored, by URL: the validators and links a re-crawl needs."""
+    if folder is None:
+        return {}
+    old = Frontier(Path(folder) / "state", readonly=True)
+    try:
+        return old.pages()
+    finally:
+        old.close()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 from corpusforge.crawl.frontier import Frontier, PageRecord
+from corpusforge.crawl.urls import host_key
 from corpusforge.stats import StepStats
 
 
@@ -99,3 +101,32 @@ def read_outcome(state_dir: Any, partial: bool, seconds: float) -> CrawlOutcome:
         "crawl_seconds": round(seconds, 2),
     }
     return CrawlOutcome(partial=partial, files=files, stats=stats, extra=extra)
+
+
+def next_item(queue: deque[_Item], host_next: dict[str, float]) -> _Item:
+    """The first queued URL whose host may be fetched now, else the one whose host's slot comes first
+    (looking a bounded way ahead).
+
+    With several hosts, one host's delay (or Retry-After hold) does not stall the others: when no host is
+    ready this instant, the loop waits for the earliest slot, not for the head's host. Per-host order is
+    kept: only each host's first queued URL is a candidate.
+    """
+    now = time.monotonic()
+    pick, soonest = 0, None
+    hosts: set[str] = set()
+    for i, item in enumerate(queue):
+        if i >= 256:
+            break
+        h = host_key(item.url)
+        if h in hosts:
+            continue
+        hosts.add(h)
+        ready_at = host_next.get(h, 0.0)
+        if ready_at <= now:
+            pick = i
+            break
+        if soonest is None or ready_at < soonest:
+            pick, soonest = i, ready_at
+    item = queue[pick]
+    del queue[pick]
+    return item

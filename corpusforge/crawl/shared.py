@@ -22,13 +22,43 @@ from corpusforge.storage import ShardWriter, iter_documents, read_table
 log = logging.getLogger(__name__)
 
 
+def open_frontier(crawler: Any, key: str | None) -> Any:
+    """The Redis frontier of ``crawler``'s crawl, with its limits (a spider may only make them stricter)."""
+    from corpusforge.crawl.redis_frontier import RedisFrontier
+
+    s = crawler.s
+    conc, per_host = crawler.limits()
+    return RedisFrontier(
+        s.frontier,
+        key or "default",
+        rank=crawler.rank,
+        per_host_concurrency=per_host,
+        concurrency=conc if getattr(crawler.backend, "thread_safe", False) else 1,
+        base_delay_s=max(s.min_delay_s, crawler.spider.min_delay_s),
+        lease_s=s.lease_s,
+    )
+
+
+def recover(crawler: Any) -> int:
+    """Remove this task's segment files that Redis has no record of (a kill between rename and commit);
+    the number of its next segment."""
+    shared = crawler.shared
+    shared.ensure_usable()
+    mine = {s["name"] for s in shared.segments(crawler.rank)}
+    for p in crawler.ctx.out_dir.glob(f"{crawler._seg_prefix()}*.arrow*"):
+        if p.name not in mine:
+            log.info("removing unrecorded segment %s", p.name)
+            p.unlink()
+    return len(mine)
+
+
 def _filter_segment(out_dir: Path, frontier: Any, record: dict[str, Any]) -> dict[str, Any]:
     """Rewrite ``record``'s file with only the pages the frontier recorded in it (once each); the new record."""
     old = out_dir / record["name"]
     stem = record["name"].split(".arrow")[0]
     docs = list(iter_documents([old]))
     owner = frontier.done_value([d.url for d in docs])
-    kept: set[str] = set()
+    kept: set[str | None] = set()
     with ShardWriter(out_dir, f"{stem}-x", max_bytes=1 << 40) as w:
         for doc, value in zip(docs, owner, strict=True):
             if value == "=" + record["name"] and doc.url not in kept:

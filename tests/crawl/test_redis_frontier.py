@@ -26,7 +26,7 @@ from tests.conftest import cli_env
 from tests.crawl.faultserver import FaultServer, html
 from tests.crawl.test_concurrent import max_overlap
 from tests.crawl.test_crawl import servers  # noqa: F401  (the servers fixture)
-from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the redis_server fixture)
+from tests.redis_server import redis_server  # noqa: F401  (the redis_server fixture)
 
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
 TOLERANCE_S = 0.010  # the server's and the client's scheduling on a loaded 2-core machine
@@ -77,7 +77,9 @@ def site(log: Log, host: str, n: int, sleep_s: float, hosts: tuple[str, ...], po
     nxt = hosts[(me + 1) % len(hosts)]
     routes = {
         "/robots.txt": log.route(host, b"User-agent: *\nDisallow: /private\n", "text/plain", sleep_s),
-        "/": log.route(host, html("".join(f'<a href="/p{i}.html">p{i}</a>' for i in range(n)))[2], "text/html", sleep_s),
+        "/": log.route(
+            host, html("".join(f'<a href="/p{i}.html">p{i}</a>' for i in range(n)))[2], "text/html", sleep_s
+        ),
     }
     for i in range(n):
         links = f'<a href="/p{(i + 1) % n}.html">a</a><a href="/p{(i * 7) % n}.html">b</a>'
@@ -88,7 +90,7 @@ def site(log: Log, host: str, n: int, sleep_s: float, hosts: tuple[str, ...], po
 
 
 class Site:
-    def __init__(self, servers, n: int = 12, sleep_s: float = 0.02) -> None:  # noqa: ANN001
+    def __init__(self, servers, n: int = 12, sleep_s: float = 0.02) -> None:  # noqa: ANN001, F811
         self.log = Log()
         self.n = n
         self.made: list[FaultServer] = []
@@ -105,9 +107,7 @@ class Site:
         return [m.base for m in self.made]
 
     def expected(self) -> set[str]:
-        return {f"{m.base}/"} | {f"{m.base}/p{i}.html" for m in self.made for i in range(self.n)} if False else {
-            u for m in self.made for u in [f"{m.base}/", *(f"{m.base}/p{i}.html" for i in range(self.n))]
-        }
+        return {u for m in self.made for u in [f"{m.base}/", *(f"{m.base}/p{i}.html" for i in range(self.n))]}
 
 
 def recipe(tmp_path: Path, site: Site, frontier: str, **params) -> Path:
@@ -165,3 +165,295 @@ def test_processes_share_the_frontier_politely_and_store_every_page_once(tmp_pat
     step = stats["steps"][0]
     assert step["output"] == len(urls)
     assert step["dropped"].get("robots_disallowed") == len(HOSTS)  # each /private/x once, over all processes
+
+
+def crawler_pids(parent: int) -> list[int]:
+    """The crawler processes the runner started (spawned: ``multiprocessing.spawn``), not its resource tracker."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and "spawn_main" in cmd:
+            out.append(int(d.name))
+    return out
+
+
+def wait_for(pred, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def start_cli(path: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "corpusforge.cli", "run", str(path)]
+    return subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_kill_minus_9_of_one_process_the_others_finish_and_its_urls_come_back_after_the_lease(
+    tmp_path,
+    servers,  # noqa: F811
+    redis_server,  # noqa: F811
+):
+    s = Site(servers, n=30)
+    lease_s = 2.0
+    proc = start_cli(recipe(tmp_path, s, redis_server.url, tasks=2, min_delay_s=0.15, lease_s=lease_s))
+    try:
+        wait_for(lambda: len(crawler_pids(proc.pid)) == 2)
+        wait_for(lambda: sum(s.log.pages().values()) >= 30)
+        victim = crawler_pids(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == DONE, err[-3000:]
+    assert "runs again in a new process" in err  # the runner started the dead task again
+    urls = stored_urls(tmp_path)
+    assert len(urls) == len(set(urls)) and set(urls) == s.expected()
+    again = [k for k, v in s.log.pages().items() if v > 1]
+    assert again, "the killed process's in-flight pages are fetched once more"
+    assert len(again) <= 8 + 5  # at most its fetches in flight (concurrency) and its uncommitted segment
+    with s.log.lock:
+        starts: dict[tuple[str, str], list[float]] = {}
+        for host, path, a, _ in s.log.hits:
+            starts.setdefault((host, path), []).append(a)
+    for key in again:
+        first, second = sorted(starts[key])[:2]
+        assert first <= killed_at < second, key
+        # Not while the lease held: it was renewed every lease_s / 3 until the kill.
+        assert second - killed_at >= lease_s * 2 / 3 - 0.05, (key, second - killed_at)
+    assert s.log.violations(0.15) == []
+    manifest = json.loads((tmp_path / "w" / "crawl" / "manifest.json").read_text())
+    assert manifest["frontier"]["lease_expired"] >= len(again)
+    assert validate_folder(tmp_path / "w" / "crawl") == []
+
+
+@pytest.mark.slow
+def test_kill_minus_9_of_everything_then_rerun_continues_the_crawl(tmp_path, servers, redis_server):  # noqa: F811
+    s = Site(servers, n=30)
+    path = recipe(tmp_path, s, redis_server.url, tasks=2, min_delay_s=0.15, lease_s=1.0)
+    proc = start_cli(path)
+    try:
+        wait_for(lambda: sum(s.log.pages().values()) >= 40)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the runner and both crawler processes
+        proc.wait()
+    before = sum(s.log.pages().values())
+    assert before < len(s.expected())
+    r = run_cli(path)
+    assert r.returncode == DONE, r.stderr[-3000:]
+    urls = stored_urls(tmp_path)
+    assert len(urls) == len(set(urls)) and set(urls) == s.expected()
+    refetched = sum(s.log.pages().values()) - len(s.expected())
+    assert refetched <= 2 * (8 + 5)  # what each killed process had in flight or uncommitted
+    assert s.log.violations(0.15) == []
+
+
+@pytest.mark.slow
+def test_redis_restarted_mid_crawl_the_crawl_continues(tmp_path, servers, redis_server):  # noqa: F811
+    s = Site(servers, n=30)
+    proc = start_cli(recipe(tmp_path, s, redis_server.url, tasks=2, min_delay_s=0.15))
+    try:
+        wait_for(lambda: sum(s.log.pages().values()) >= 30)
+        redis_server.stop()  # SIGTERM: the append-only file is complete (appendfsync always)
+        stopped = sum(s.log.pages().values())
+        time.sleep(1.5)
+        # Nothing is fetched while Redis is away: no process goes on without the frontier.
+        assert sum(s.log.pages().values()) <= stopped + 2 * 8
+        redis_server.start()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == DONE, err[-3000:]
+    urls = stored_urls(tmp_path)
+    assert len(urls) == len(set(urls)) and set(urls) == s.expected()
+    assert s.log.violations(0.15) == []
+
+
+def test_redis_unreachable_at_start_is_a_clear_error_and_writes_nothing(tmp_path, servers):  # noqa: F811
+    s = Site(servers, n=2)
+    missing = tmp_path / "nowhere" / "redis.sock"
+    r = run_cli(recipe(tmp_path, s, f"unix://{missing}", tasks=2), timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "cannot reach Redis" in r.stderr and str(missing) in r.stderr and "redis-server running" in r.stderr
+    assert not (tmp_path / "w").exists()
+    assert sum(s.log.pages().values()) == 0
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"tasks": 2, "frontier": None}, "need a frontier they share"),
+        ({"frontier": "http://127.0.0.1:6379"}, "redis://host:port/db"),
+    ],
+)
+def test_bad_shared_crawl_settings_name_the_key(tmp_path, servers, params, message):  # noqa: F811
+    s = Site(servers, n=1)
+    frontier = params.pop("frontier")
+    path = recipe(tmp_path, s, frontier or "", **params)
+    if frontier is None:
+        path.write_text("\n".join(ln for ln in path.read_text().splitlines() if not ln.startswith("frontier")) + "\n")
+    r = run_cli(path, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_the_crawler_processes_run_as_ray_tasks(tmp_path, servers, redis_server):  # noqa: F811
+    from tests.test_ray import ALONE_WITH_LOOPBACK
+
+    if not ALONE_WITH_LOOPBACK:
+        pytest.skip("Ray binds the machine's network address: run inside `unshare --net` with lo up (.ci/run does)")
+    s = Site(servers, n=20)
+    r = run_cli(recipe(tmp_path, s, redis_server.url, tasks=3), "--executor", "ray", "--workers", "2", timeout=300)
+    assert r.returncode == DONE, r.stderr[-3000:]
+    urls = stored_urls(tmp_path)
+    assert len(urls) == len(set(urls)) and set(urls) == s.expected()
+    assert [k for k, v in s.log.pages().items() if v > 1] == []
+    assert s.log.violations(0.1) == []
+    manifest = json.loads((tmp_path / "w" / "crawl" / "manifest.json").read_text())
+    assert len({f["name"].split("-")[1] for f in manifest["files"]}) >= 2  # the three ran at once
+
+
+# ---------------------------------------------------------------------------------------------- the scripts
+
+
+def _frontier(url: str, **kw):
+    from corpusforge.crawl.redis_frontier import RedisFrontier
+
+    return RedisFrontier(url, "unit", **({"base_delay_s": 0.0, "lease_s": 30.0} | kw))
+
+
+def test_no_url_is_taken_twice_and_no_host_slot_is_held_twice_by_racing_processes(redis_server):  # noqa: F811
+    hosts = [f"http://127.0.0.{i}:80" for i in range(1, 9)]
+    seeder = _frontier(redis_server.url)
+    seeder.push_many([(f"{h}/p{i}", 1, 0, False, None) for h in hosts for i in range(40)])
+    taken: list[str] = []
+    in_flight: Counter[str] = Counter()
+    worst: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def crawler() -> None:
+        f = _frontier(redis_server.url)  # a client of its own, as a process has
+        while True:
+            t = f.wait_for_ticket(timeout_s=0.5)
+            if t is None:
+                if f.unfinished() == 0:
+                    return
+                continue
+            with lock:
+                taken.append(t.url)
+                in_flight[t.host] += 1
+                worst[t.host] = max(worst[t.host], in_flight[t.host])
+            time.sleep(0.001)
+            with lock:
+                in_flight[t.host] -= 1
+            f.done(t, time.monotonic())
+            f.commit(segment=None, done=[(t.url, "x")], new=[], counters={})
+
+    threads = [threading.Thread(target=crawler) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(taken) == len(set(taken)) == 8 * 40
+    assert max(worst.values()) == 1
+    assert seeder.counters("drop")["x"] == 8 * 40
+
+
+def test_a_process_whose_lease_expired_cannot_record_its_result(redis_server):  # noqa: F811
+    a = _frontier(redis_server.url, lease_s=0.5)
+    b = _frontier(redis_server.url, lease_s=30.0)
+    a.push("http://127.0.0.1:80/x", 1)
+    ta = a.take(time.monotonic())
+    assert ta is not None and ta.url == "http://127.0.0.1:80/x"
+    a.done(ta, time.monotonic())
+    assert b.take(time.monotonic()) is None  # leased to a
+    time.sleep(0.6)  # a stalls past its lease without renewing it
+    tb = b.take(time.monotonic())
+    assert tb is not None and tb.url == ta.url  # given again: its lease expired
+    seg = {"name": "seg-r000-00000.arrow", "rows": 1, "bytes": 1, "sha256": "0"}
+    assert a.commit(segment=seg, done=[(ta.url, None)], new=[], counters={}) == [ta.url]  # fenced
+    assert a.renew() == []  # nothing held any more
+    b.done(tb, time.monotonic())
+    seg_b = seg | {"name": "seg-r001-00000.arrow"}
+    assert b.commit(segment=seg_b, done=[(tb.url, None)], new=[], counters={}) == []
+    assert a.done_value([ta.url]) == ["=seg-r001-00000.arrow"]
+    assert a.counters("count")["stored"] == 1 and a.counters("count")["fenced"] == 1
+    assert a.counters("count")["lease_expired"] == 1
+
+
+def test_a_commit_sent_twice_counts_once(redis_server):  # noqa: F811
+    f = _frontier(redis_server.url)
+    f.push("http://127.0.0.1:80/x", 0)
+    t = f.take(time.monotonic())
+    f.done(t, time.monotonic())
+    f._commits = 6
+    f.commit(segment=None, done=[(t.url, "http_404")], new=[], counters={"count": Counter(requests=1)})
+    f._commits = 6  # the same commit id again: a reply lost to a Redis restart, sent once more
+    f.commit(segment=None, done=[(t.url, "http_404")], new=[], counters={"count": Counter(requests=1)})
+    assert f.counters("count")["requests"] == 1 and f.counters("drop")["http_404"] == 1
+
+
+def test_host_delay_counts_on_redis_time_across_processes(redis_server):  # noqa: F811
+    a = _frontier(redis_server.url, base_delay_s=0.3)
+    b = _frontier(redis_server.url, base_delay_s=0.3)
+    a.push_many([("http://127.0.0.1:80/1", 1, 0, False, None), ("http://127.0.0.1:80/2", 1, 0, False, None)])
+    t1 = a.take(time.monotonic())
+    a.done(t1, time.monotonic())
+    t0 = time.monotonic()
+    t2 = b.wait_for_ticket(timeout_s=5)
+    assert t2 is not None and t2.url.endswith("/2")
+    assert time.monotonic() - t0 >= 0.3 - 0.02
+    assert t2.take_ms - t1.take_ms >= 300
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_process_partial_and_the_rerun_completes(tmp_path, servers, redis_server):  # noqa: F811
+    from corpusforge.errors import PARTIAL
+
+    s = Site(servers, n=30)
+    path = recipe(tmp_path, s, redis_server.url, tasks=2, min_delay_s=0.15)
+    proc = start_cli(path)
+    try:
+        wait_for(lambda: sum(s.log.pages().values()) >= 20)
+        os.kill(proc.pid, signal.SIGTERM)  # the runner only: it passes the stop on to its crawler processes
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == PARTIAL, err[-3000:]
+    assert crawler_pids(proc.pid) == []
+    stopped_at = sum(s.log.pages().values())
+    time.sleep(0.5)
+    assert sum(s.log.pages().values()) == stopped_at  # no process of the stopped run goes on fetching
+    r = run_cli(path)
+    assert r.returncode == DONE, r.stderr[-3000:]
+    urls = stored_urls(tmp_path)
+    assert len(urls) == len(set(urls)) and set(urls) == s.expected()
+    # A stop gives its leases back at once: nothing is fetched twice, no waiting out the lease.
+    assert [k for k, v in s.log.pages().items() if v > 1] == []
+
+
+def test_the_crawl_command_takes_frontier_and_tasks(tmp_path, servers, redis_server):  # noqa: F811
+    s = Site(servers, n=3)
+    spider = tmp_path / "spider.toml"
+    seeds = ", ".join(f'"{b}/"' for b in s.bases)
+    spider.write_text(f'name = "t"\nseeds = [{seeds}]\nallowed_domains = {json.dumps(list(HOSTS))}\n')
+    cmd = [sys.executable, "-m", "corpusforge.cli", "crawl", str(spider), "--frontier", redis_server.url]
+    cmd += ["--tasks", "2", "--workdir", str(tmp_path / "w"), "--set", "crawl.min_delay_s=0.05"]
+    r = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == DONE, r.stderr[-3000:]
+    assert set(stored_urls(tmp_path)) == s.expected()
