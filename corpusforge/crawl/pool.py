@@ -268,8 +268,9 @@ class _Pool:
                         shared.renew()
                     # Idle here: record what is pending, so its leases end and the other processes, waiting
                     # for every lease before they finish, do not wait for this one's next full segment.
-                    if c.pending_done and self.results.empty() and time.monotonic() - last_commit >= 1.0:
-                        if shared.local_work() == 0:
+                    # At the end (nothing queued anywhere) at once; before, at most once a second.
+                    if c.pending_done and self.results.empty() and shared.local_work() == 0:
+                        if shared.last_queued == 0 or time.monotonic() - last_commit >= 1.0:
                             c._commit()
                             last_commit = time.monotonic()
                 if self.sched.unfinished() == 0 and self.results.empty():

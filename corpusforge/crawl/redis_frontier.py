@@ -177,6 +177,7 @@ class RedisFrontier:
         self._commits = 0
         self.lost = 0  # leases found lost at a renewal
         self._stored = (0, -math.inf)  # (pages stored by every process, when read)
+        self.last_queued = -1  # URLs queued over all processes, at the last unfinished()
 
     # ------------------------------------------------------------------ helpers
     def _key(self, name: str) -> str:
@@ -198,6 +199,7 @@ class RedisFrontier:
         out: list[str | None] = []
         shared: list[tuple[int, str, str, int, int, bool]] = []
         items = list(items)
+        queued = False  # anything queued that was not before: the taker may have a ticket now
         with self._lock:
             for i, (url, depth, tries, front, data) in enumerate(items):
                 host = host_key(url)
@@ -208,6 +210,7 @@ class RedisFrontier:
                 if data is not None or (url in self.held and tries > 0):
                     q = self.local.setdefault(host, deque())
                     (q.appendleft if front else q.append)(Entry(url, depth, tries, data))
+                    queued = True
                     continue
                 if url in self.held:  # found as a link while this process works on it: known already
                     continue
@@ -219,9 +222,11 @@ class RedisFrontier:
             res = self._push(args=args)
             for (i, *_), r in zip(shared, res, strict=True):
                 r = r.decode() if isinstance(r, bytes) else r
+                queued |= r == ""
                 if r not in ("", "="):
                     out[i] = r
-        self._wake.set()
+        if queued:
+            self._wake.set()
         return out
 
     def hold(self, host: str, until: float) -> None:
@@ -317,9 +322,16 @@ class RedisFrontier:
                 self._wake.wait(max(wait, 0.001))
 
     def _release(self, ticket: RedisTicket) -> None:
+        """Forget ``ticket`` here; wake the taker when it was waiting for a free slot of this process.
+
+        Otherwise a returned ticket wakes no one: its host may start again only after its delay, and the
+        taker already sleeps until the first host that may (or 50 ms)."""
         with self._lock:
+            full = len(self._out) >= self.concurrency
             if self._out.pop(ticket.no, None) is None:
                 raise ValueError(f"ticket {ticket.no} for {ticket.url} is not out: it was given back already")
+        if full:
+            self._wake.set()
 
     def done(
         self,
@@ -341,7 +353,6 @@ class RedisFrontier:
             args=[self.prefix, ticket.slot, self.per_host, f"{self.base_delay_ms:.3f}", mode, f"{start_ms:.3f}",
                   f"{ticket.take_ms:.3f}"]
         )  # fmt: skip
-        self._wake.set()
 
     def requeue(self, ticket: RedisTicket) -> str | None:
         """The request made was another (robots.txt): the URL waits at the head of its host's local queue."""
@@ -357,7 +368,7 @@ class RedisFrontier:
     def cancel(self, ticket: RedisTicket) -> None:
         self._release(ticket)
         self._cancel(args=[self.prefix, ticket.slot, self.per_host, ticket.gate_before, ticket.gate_no])
-        self._wake.set()
+        self._wake.set()  # its host's start was given back: it may go again now
 
     # ------------------------------------------------------------------ leases
     def renew_due(self) -> bool:
@@ -412,7 +423,10 @@ class RedisFrontier:
         with self._lock:
             mine = len(self._out) + sum(len(q) for q in self.local.values())
             held = len(self.held)
+        if mine:  # work here: not over, whatever Redis says (no round trip per loop of the writer)
+            return mine
         st = self.status()
+        self.last_queued = st["queued"]
         return mine + st["queued"] + max(0, st["leases"] - held)
 
     def local_work(self) -> int:

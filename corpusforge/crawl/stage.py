@@ -25,6 +25,15 @@ class CrawlStage(Stage):
         # With a Redis frontier the tasks are crawler processes that work together, all at once, each in a
         # process of its own: one that dies must not take the others with it (see executors.local).
         self.independent_tasks = self.settings.frontier is not None and self.settings.tasks > 1
+        # Imported once by the fork server the crawler processes are forked from.
+        self.preload_modules = (
+            "corpusforge.crawl.stage",
+            "corpusforge.crawl.pool",
+            "corpusforge.crawl.shared",
+            "corpusforge.crawl.redis_frontier",
+            "corpusforge.registry",
+            "redis",
+        )
 
     def frontier_key(self) -> str:
         from corpusforge.crawl.redis_frontier import frontier_key

@@ -18,9 +18,9 @@
 
 ``index``: a folder (``index.py``: one machine, band hashes in ``.npy`` parts), or a Redis URL
 (``redis://host:port/db``, ``rediss://…``, ``unix:///path/redis.sock[?db=N]``; ``redis_index.py``): one index
-shared by builds on several machines, datasketch's ``MinHashLSH`` in Redis fed with our signatures (which the
-signatures stage then keeps). Either way a batch (identified by ``batch_key``) never matches itself, so rerunning
-one keeps the same documents and adds nothing twice.
+shared by builds on several machines (the same band hashes, in compact Redis sets). Either way a batch
+(identified by ``batch_key``) never matches itself, so rerunning one keeps the same documents and adds nothing
+twice.
 
 Defaults follow FineWeb (Penedo et al. 2024): 5-grams, 14 bands × 8 rows (112 permutations), which puts the
 50% detection point near Jaccard 0.72 and detects a pair at Jaccard 0.8 with probability ≈ 0.92 (≥ 0.99 at
@@ -50,14 +50,12 @@ from corpusforge.storage import ShardWriter, iter_documents, load_manifest, mani
 
 
 class _Params:
-    def __init__(
-        self, ngram: int, bands: int, rows: int, seed: int, threshold: float, exact: bool, tasks: int, keep_sig: bool
-    ) -> None:
+    def __init__(self, ngram: int, bands: int, rows: int, seed: int, threshold: float, exact: bool, tasks: int) -> None:
         self.ngram, self.bands, self.rows, self.seed = ngram, bands, rows, seed
         self.threshold, self.exact, self.tasks = threshold, exact, tasks
-        # Signatures are stored for the estimated Jaccard and for a Redis index (which indexes them). Not part
-        # of config(): it follows from ``threshold`` and ``index``, both in the plan's config hash already.
-        self.keep_sig = keep_sig or threshold > 0
+        # Signatures are stored for the estimated Jaccard only. Not part of config(): it follows from
+        # ``threshold``, in the plan's config hash already.
+        self.keep_sig = threshold > 0
 
     def hash_params(self) -> dict[str, Any]:
         return {"ngram": self.ngram, "bands": self.bands, "rows": self.rows, "seed": self.seed}
@@ -102,14 +100,6 @@ def _load_signatures(home: Path, with_sig: bool = False) -> dict[str, Any]:
     if with_sig:
         out["sig"] = np.asarray(t.column("sig").combine_chunks().flatten(), dtype=np.uint32).reshape(n, -1)
     return out
-
-
-def _sig_of(s: dict[str, Any]) -> np.ndarray:
-    """The stored signatures, checked: a signatures folder made without them cannot feed a Redis index."""
-    sig = s.get("sig", np.zeros((0, 0), np.uint32))
-    if len(s["ids"]) and sig.shape[1] == 0:
-        raise ShardError("signatures/ holds no signatures (made before index was a Redis URL?); rerun with --force")
-    return sig
 
 
 def batch_key(home: Path) -> str:
@@ -280,13 +270,12 @@ class ClustersStage(_Sub):
         extra: dict[str, Any] = {}
         if self.index is not None:
             key = batch_key(ctx.home)
+            s = _load_signatures(ctx.home)
             if is_redis_url(self.index):
-                s = _load_signatures(ctx.home, with_sig=True)
                 shared = RedisBandIndex(self.index, self.p.hash_params())
-                hit = shared.matches(_sig_of(s), s["has"], exclude=key)
+                hit = shared.matches(s["bands"], s["has"], exclude=key)
                 checked = shared.docs() - (shared.batch_docs(key) or 0)  # this batch's own documents excluded
             else:
-                s = _load_signatures(ctx.home)
                 old = BandIndex(Path(self.index), self.p.hash_params()).load(exclude=key)
                 hit = matches(old, s["bands"]) & s["has"]
                 checked = int(old.shape[0])
@@ -351,13 +340,13 @@ class ApplyStage(_Sub):
             return {}
         assert ctx.home is not None
         drop = self._drops(ctx.home)
-        redis_index = is_redis_url(self.index)
-        s = _load_signatures(ctx.home, with_sig=redis_index)
+        s = _load_signatures(ctx.home)
         keep = s["has"] & np.array([str(i) not in drop for i in s["ids"]], dtype=bool)
-        if redis_index:
+        if is_redis_url(self.index):
             shared = RedisBandIndex(self.index, self.p.hash_params())
-            ids = [str(i) for i in s["ids"][keep]]
-            return {"index": shared.add(batch_key(ctx.home), ids, _sig_of(s)[keep])}
+            # What this batch's query found, recorded so that its reruns replay it (its own hashes are in then).
+            matched = s["has"] & np.array([drop.get(str(i)) == "near_duplicate_indexed" for i in s["ids"]], bool)
+            return {"index": shared.add(batch_key(ctx.home), s["bands"][keep], matched)}
         summary = BandIndex(Path(self.index), self.p.hash_params()).add(batch_key(ctx.home), s["bands"][keep])
         return {"index": {"path": str(self.index), **summary}}
 
@@ -389,7 +378,7 @@ class MinHashDedupStage(Stage):
         tasks: Annotated[int, Min(1)] = 1,
         max_shard_bytes: Annotated[int, Min(1 << 16)] = 512 << 20,
     ) -> None:
-        self.p = _Params(ngram, bands, rows, seed, threshold, exact_verify, tasks, keep_sig=is_redis_url(index))
+        self.p = _Params(ngram, bands, rows, seed, threshold, exact_verify, tasks)
         self.index = index
         self.max_shard_bytes = max_shard_bytes
 

@@ -1,72 +1,156 @@
-"""A near-duplicate index shared by many builds: datasketch's ``MinHashLSH`` with its Redis storage, fed with
-our own signatures.
+"""A near-duplicate index shared by many builds: the band hashes of every kept document in Redis, in a compact
+layout of our own (small integer sets, grown by linear hashing), queried and extended by two Lua scripts.
 
 ``index = "redis://host:port/db"`` (also ``rediss://``, ``unix:///path/redis.sock``, ``unix:///path?db=N``)
 makes ``minhash_dedup`` query and extend one index that builds on several machines share; a folder path keeps
-the single-machine ``BandIndex`` (``index.py``). What is stored where:
+the single-machine ``BandIndex`` (``index.py``), and both answer the same question: does a document share a
+band hash, in the same band, with a document an earlier batch kept? What is stored where, under a prefix that
+names the layout and the MinHash parameters (``cfmh2:<ngram>:<bands>:<rows>:<seed>``; indexes made with other
+parameters share the server and never compare):
 
-- The signatures stage keeps each document's ``bands × rows`` uint32 signature (``sig``) in
-  ``signatures/*.arrow``; each kept document enters the index as ``LeanMinHash(seed, hashvalues=sig,
-  scheme="affine32")`` (our values are ``a·x + b mod 2³²`` of 32-bit shingle hashes: datasketch's affine32
-  form, with our own permutations) through ``MinHashLSH.insertion_session`` (pipelined inserts), under the key
-  ``b"<batch key>:<document id>"``, so that a batch's own documents are told apart when it is rerun.
-- The Redis keys are datasketch's own layout under a ``basename`` that names the MinHash parameters
-  (``cfmh1:<ngram>:<bands>:<rows>:<seed>``): indexes made with other parameters share the server and never
-  compare. Band keys go through ``hashfunc`` (8 bytes of BLAKE2b instead of ``rows × 4``). Next to them,
-  ``<basename>_batches`` (a hash: batch key → documents added) is written after a batch's inserts: a batch
-  found there is not inserted again, and one interrupted halfway is redone whole (its keys removed first), so
-  a rerun never duplicates entries. Two builds of the same batch at the same moment are not guarded against.
-- Queries do not call ``MinHashLSH.query`` (one round trip per band per document: 427 docs/s on a local
-  socket); per band and chunk of 4,096 documents, one HMGET of datasketch's band table and SMEMBERS of the few
-  buckets found: 8,166 docs/s, the same answers (``benchmarks/dedup_index.py``, where the folder index does
-  184,068). Inserts: 1,237 docs/s; Redis memory: ~6 KB per indexed document (the folder index: 112 B), which
-  bounds one server to tens of millions of documents. The bucket keys are computed by ``MinHashLSH`` (``_H``).
+- ``<prefix>:<band>:<bucket>``: Redis sets of the top 53 bits of the band hashes (exact as a Lua number, a
+  double; sharing them by chance: ~6·10⁻⁷ per document at 400 M documents), decimal integers, so each set is
+  an *intset* (8 bytes a member) while it holds ≤ 512 (``set-max-intset-entries``, the default) members.
+  Buckets follow linear hashing, per band: ``2^level + next`` buckets; a value's bucket is its value mod
+  ``2^level``, or mod ``2^(level+1)`` below ``next``; when a band's members exceed 200 × buckets, bucket
+  ``next`` is split in two. Sets so stay at 100–400 members (mean 200) at any size of the index: ~9 bytes a
+  band hash, no capacity to choose in advance, no server setting to change.
+- ``<prefix>:buckets``: per band ``L<b>``, ``p<b>``, ``n<b>``: level, next bucket to split, members.
+- ``<prefix>:batches``: batch key → documents added, written after a batch's inserts (its documents are then
+  counted in ``index_docs``); a batch found there is not inserted again. Sets are idempotent, so an insert
+  interrupted halfway is simply redone.
+- ``<prefix>:matched``: batch key → which of its documents matched the index on its first query (8 bytes of
+  count + one bit per document), written *before* its inserts. A batch's later queries (a rerun, or a redo of
+  an interrupted insert, when its own band hashes are already in) replay that record instead of querying:
+  the same documents are kept, and nothing has to remember which batch inserted which band hash (that would
+  cost another ~4–8 bytes per band hash; the record costs 1 bit per document). Two builds of the same batch
+  at the same moment are not guarded against.
+
+Both scripts run on the server, one call per 1,024 documents (~14,000 set operations, tens of milliseconds:
+scripts are atomic, so concurrent builds and bucket splits never see each other half done); they compute
+bucket key names themselves, so the index needs one standalone server (not Redis Cluster) with scripting.
+
+Measured (``benchmarks/dedup_index.py``, 10,000 documents, 14 bands, local socket, a loaded 2-core VM):
+PLACEHOLDER_FIGURES
+
+Alternatives measured before choosing (50,000 documents of random band hashes; bytes per document =
+``used_memory`` growth; docs/s insert / query): one set per band, 8-byte binary members (hashtable encoding):
+893 B, 22,635 / 16,890 (pipelined SADD / SMISMEMBER of 8,192 members; the redis-py client is the bottleneck);
+the same with integer members: 1,116 B; sets sharded by a fixed number of top bits, low 32 bits as members
+(intsets of 4-byte members): 66 B at ~390 members a set (2⁷ sets per band) but 1,262 B with the 2²⁰ sets per
+band that 400 M documents need (one member a set: ~90 bytes of key per member), and a fixed capacity: past
+512 members a set turns into a hashtable (~60 B a member); the same sets filled by pipelined SADD / SISMEMBER
+commands instead of a script: 3,498 / 4,079 docs/s (~20 µs of redis-py per command). Linear hashing with
+4-byte members is impossible: a split needs bits a shortened member no longer has.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 from typing import Any
 
 import numpy as np
 
-from corpusforge.errors import ConfigError
+from corpusforge.errors import ConfigError, ShardError
 from corpusforge.redact import redact_text
 
 SCHEMES = ("redis://", "rediss://", "unix://")
-FORMAT = "cfmh1"  # + ngram, bands, rows, seed: "cfmh1:5:14:8:1" (short: it is part of every Redis key)
-DS_SCHEME = "affine32"  # datasketch's name for 32-bit a·x + b permutations (the values are ours)
-CHUNK = 4096  # documents per pipelined request
+FORMAT = "cfmh2"  # + ngram, bands, rows, seed: "cfmh2:5:14:8:1" (short: it is part of every Redis key)
+CHUNK = 1024  # documents per script call
+LOAD = 200  # band hashes per bucket on average: splits keep every set below 512 (an intset)
+VALUE_SHIFT = 11  # a band hash's top 53 bits: exact as a Lua number (a double)
+
+# Both scripts: ARGV = prefix, bands, values (float64 little-endian, document-major: D × bands) [, LOAD].
+_STATE_LUA = """
+local prefix, nb, blob = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local state = prefix .. ':buckets'
+local L, P, N, pb, names = {}, {}, {}, {}, {}
+for b = 1, nb do
+  names[3 * b - 2], names[3 * b - 1], names[3 * b] = 'L' .. (b - 1), 'p' .. (b - 1), 'n' .. (b - 1)
+  pb[b] = prefix .. ':' .. (b - 1) .. ':'
+end
+local raw = redis.call('HMGET', state, unpack(names))
+for b = 1, nb do
+  L[b], P[b], N[b] = tonumber(raw[3 * b - 2]) or 0, tonumber(raw[3 * b - 1]) or 0, tonumber(raw[3 * b]) or 0
+end
+local function bucket(b, v)
+  local m = 2 ^ L[b]
+  local a = v % m
+  if a < P[b] then a = v % (2 * m) end
+  return pb[b] .. a
+end
+"""
+
+# Numbers given to redis.call become exact decimal integers (< 2^53), which Redis keeps in intsets.
+_QUERY_LUA = (
+    _STATE_LUA
+    + """
+local out, pos, v = {}, 1, 0
+for d = 1, #blob / (8 * nb) do
+  local hit = 0
+  for b = 1, nb do
+    v, pos = struct.unpack('<d', blob, pos)
+    if hit == 0 and redis.call('SISMEMBER', bucket(b, v), v) == 1 then hit = 1 end
+  end
+  out[d] = hit
+end
+return table.concat(out)
+"""
+)
+
+# A split copies the moving members first, then records the new state, then removes them from the old
+# bucket: a script stopped between two steps (out of memory) leaves every member findable.
+_ADD_LUA = (
+    _STATE_LUA
+    + """
+local load = tonumber(ARGV[4])
+local function split(b)
+  local m = 2 ^ L[b]
+  local src, move = pb[b] .. P[b], {}
+  for _, s in ipairs(redis.call('SMEMBERS', src)) do
+    if tonumber(s) % (2 * m) >= m then move[#move + 1] = s end
+  end
+  if #move > 0 then redis.call('SADD', pb[b] .. (P[b] + m), unpack(move)) end
+  P[b] = P[b] + 1
+  if P[b] == m then L[b], P[b] = L[b] + 1, 0 end
+  redis.call('HSET', state, 'L' .. (b - 1), L[b], 'p' .. (b - 1), P[b], 'n' .. (b - 1), N[b])
+  if #move > 0 then redis.call('SREM', src, unpack(move)) end
+end
+local added, pos, v = 0, 1, 0
+for i = 0, #blob / 8 - 1 do
+  local b = i % nb + 1
+  v, pos = struct.unpack('<d', blob, pos)
+  if redis.call('SADD', bucket(b, v), v) == 1 then
+    added = added + 1
+    N[b] = N[b] + 1
+    if N[b] > load * (2 ^ L[b] + P[b]) then split(b) end
+  end
+end
+local counts = {}
+for b = 1, nb do counts[2 * b - 1], counts[2 * b] = 'n' .. (b - 1), N[b] end
+redis.call('HSET', state, unpack(counts))
+return added
+"""
+)
 
 
 def is_redis_url(index: str | None) -> bool:
     return index is not None and index.startswith(SCHEMES)
 
 
-def _imports(url: str) -> tuple[Any, Any]:
+def _redis(url: str) -> Any:
     try:
-        import datasketch
         import redis
     except ImportError as exc:
         raise ConfigError(
-            f"index = {redact_text(url)!r} needs the redis and datasketch packages ({exc}): "
-            "pip install 'corpusforge[redis]'",
+            f"index = {redact_text(url)!r} needs the redis package ({exc}): pip install 'corpusforge[redis]'",
             path="index",
         ) from exc
-    version = importlib.metadata.version("datasketch")
-    if int(version.split(".")[0]) < 2:  # before 2.0: no ``scheme``, 64-bit hash values, other bucket keys
-        raise ConfigError(
-            f"index = {redact_text(url)!r} needs datasketch >= 2.0, found {version}: pip install 'corpusforge[redis]'",
-            path="index",
-        )
-    return redis, datasketch
+    return redis
 
 
 def connection_kwargs(url: str) -> dict[str, Any]:
-    """``redis.Redis(**kwargs)`` arguments for ``url``, parsed by redis-py (datasketch's Redis storage takes
-    keyword arguments only, never a client)."""
-    redis, _ = _imports(url)
+    """``redis.Redis(**kwargs)`` arguments for ``url``, parsed by redis-py."""
+    redis = _redis(url)
     try:
         kw = dict(redis.connection.parse_url(url))
     except ValueError as exc:
@@ -79,50 +163,42 @@ def connection_kwargs(url: str) -> dict[str, Any]:
     return kw
 
 
-def _band_digest(band: bytes) -> bytes:
-    """A band's ``rows × 4`` bytes → 8 (datasketch's ``hashfunc``): every band key is stored about four times
-    (bucket table field, bucket set name, the document's band list), so this saves ~1.5 KB per document."""
-    return hashlib.blake2b(band, digest_size=8).digest()
+def values(bands: np.ndarray) -> np.ndarray:
+    """float64[D, bands]: what the index stores of each band hash (its top 53 bits, exact as a double)."""
+    return (np.ascontiguousarray(bands, dtype=np.uint64) >> np.uint64(VALUE_SHIFT)).astype("<f8")
 
 
 class RedisBandIndex:
-    """The shared index at ``url`` for MinHash ``params`` (ngram, bands, rows, seed); connects and pings."""
+    """The shared index at ``url`` for MinHash ``params`` (ngram, bands, rows, seed); connects, pings and
+    loads its two scripts (a server without scripting is refused here)."""
 
     def __init__(self, url: str, params: dict[str, Any]) -> None:
-        redis, datasketch = _imports(url)
+        redis = _redis(url)
         self.url = url
         self.params = params
-        if params["bands"] < 2:
-            raise ConfigError(
-                f"a Redis index needs bands >= 2 (datasketch's MinHashLSH), got {params['bands']}", path="bands"
-            )
         kw = connection_kwargs(url)
         self.basename = ":".join([FORMAT] + [str(params[k]) for k in ("ngram", "bands", "rows", "seed")])
         self._client = redis.Redis(**kw)
+        once = redis.Redis(**kw, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
         try:  # once, without redis-py's retries (seconds of backoff): a server that is not there fails at once
-            redis.Redis(**kw, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0)).ping()
+            once.ping()
         except redis.exceptions.RedisError as exc:
             raise ConfigError(
                 f"cannot reach the MinHash index at {redact_text(url)} ({exc}); is redis-server running?",
                 path="index",
             ) from exc
-        self._lean = datasketch.LeanMinHash
-        num_perm = params["bands"] * params["rows"]
-        self.lsh = datasketch.MinHashLSH(
-            num_perm=num_perm,
-            params=(params["bands"], params["rows"]),
-            storage_config={"type": "redis", "basename": self.basename.encode(), "redis": kw},
-            prepickle=False,  # our keys are bytes already
-            hashfunc=_band_digest,
-        )
-        self._batches = self.basename.encode() + b"_batches"
-
-    def _minhash(self, sig: np.ndarray) -> Any:
-        return self._lean(seed=self.params["seed"], hashvalues=sig, scheme=DS_SCHEME)
-
-    def _bucket_keys(self, sig: np.ndarray) -> list[bytes]:
-        values = self._minhash(sig).hashvalues
-        return [self.lsh._H(values[a:b]) for a, b in self.lsh.hashranges]
+        try:
+            once.script_load(_QUERY_LUA)
+            once.script_load(_ADD_LUA)
+        except redis.exceptions.RedisError as exc:
+            raise ConfigError(
+                f"the MinHash index at {redact_text(url)} needs a Redis server with Lua scripting ({exc})",
+                path="index",
+            ) from exc
+        self._query = self._client.register_script(_QUERY_LUA)
+        self._add = self._client.register_script(_ADD_LUA)
+        self._batches = f"{self.basename}:batches"
+        self._matched = f"{self.basename}:matched"
 
     def batch_docs(self, key: str) -> int | None:
         """Documents batch ``key`` added, or None when it is not (completely) in the index."""
@@ -130,58 +206,54 @@ class RedisBandIndex:
         return None if n is None else int(n)
 
     def docs(self) -> int:
-        """Documents in the index (one HLEN of datasketch's key table)."""
-        return int(self.lsh.keys.size())
+        """Documents in the index: the sum over finished batches."""
+        return sum(int(n) for n in self._client.hvals(self._batches))
 
-    def matches(self, sig: np.ndarray, usable: np.ndarray, *, exclude: str) -> np.ndarray:
-        """bool[D]: which rows of ``sig`` share a band bucket with a document of another batch than ``exclude``.
-
-        Per band and chunk of documents: one HMGET of the band table (datasketch's bucket → set name hash, the
-        batched form of its ``has_key``), then SMEMBERS (``getmany``) of the few buckets found, to tell this
-        batch's own documents (a rerun) from the others'.
-        """
-        hit = np.zeros(sig.shape[0], dtype=bool)
+    def matches(self, bands: np.ndarray, usable: np.ndarray, *, exclude: str) -> np.ndarray:
+        """bool[D]: which rows of ``bands`` (uint64[D, bands]) share a band hash, in the same band, with a
+        document of the index; rows not ``usable`` (no words) never match. Batch ``exclude`` (the one asking)
+        never matches itself: once it has begun inserting, its first answer is replayed."""
+        record = self._client.hget(self._matched, exclude)
+        if record is not None:
+            return _replay(record, bands.shape[0], self.url, exclude) & usable
+        hit = np.zeros(bands.shape[0], dtype=bool)
         rows = np.flatnonzero(usable)
-        own = f"{exclude}:".encode()
+        vals = values(bands)
         for start in range(0, rows.size, CHUNK):
             chunk = rows[start : start + CHUNK]
-            keys = [self._bucket_keys(sig[r]) for r in chunk.tolist()]
-            for band, table in enumerate(self.lsh.hashtables):
-                todo = [k for k in range(chunk.size) if not hit[chunk[k]]]
-                if not todo:
-                    break
-                present = self._client.hmget(table._name, [keys[k][band] for k in todo])
-                found = [k for k, p in zip(todo, present, strict=True) if p is not None]
-                if not found:
-                    continue
-                for k, members in zip(found, table.getmany(*[keys[k][band] for k in found]), strict=True):
-                    if any(not m.startswith(own) for m in members):
-                        hit[chunk[k]] = True
+            out = self._query(args=[self.basename, self.params["bands"], vals[chunk].tobytes()])
+            hit[chunk] = np.frombuffer(out, dtype=np.uint8) == ord("1")
         return hit
 
-    def add(self, key: str, ids: list[str], sig: np.ndarray) -> dict[str, Any]:
-        """Insert batch ``key``'s documents (``ids`` with their signatures); a batch already in is skipped."""
+    def add(self, key: str, bands: np.ndarray, matched: np.ndarray) -> dict[str, Any]:
+        """Insert batch ``key``: ``bands`` (uint64[K, bands]) of its kept documents, after recording
+        ``matched`` (bool[D], which of its documents its query found); a batch already in is skipped."""
         done = self.batch_docs(key)
         if done is None:
-            names: list[bytes] = []
-            seen: dict[str, int] = {}
-            for id_ in ids:  # documents sharing an id: <id>, <id>#1, <id>#2 …
-                n = seen[id_] = seen.get(id_, -1) + 1
-                names.append(f"{key}:{id_}".encode() + (f"#{n}".encode() if n else b""))
-            for start in range(0, len(names), CHUNK):  # what an interrupted attempt left: redo it whole
-                self.lsh.keys.remove(*names[start : start + CHUNK])
-            with self.lsh.insertion_session(buffer_size=CHUNK * 8) as session:
-                for name, row in zip(names, sig, strict=True):
-                    session.insert(name, self._minhash(row), check_duplication=False)
-            self._client.hset(self._batches, key, len(names))
+            record = np.uint64(matched.shape[0]).astype("<u8").tobytes() + np.packbits(matched).tobytes()
+            self._client.hset(self._matched, key, record)
+            vals = values(bands)
+            for start in range(0, vals.shape[0], CHUNK):
+                self._add(args=[self.basename, self.params["bands"], vals[start : start + CHUNK].tobytes(), LOAD])
+            self._client.hset(self._batches, key, int(bands.shape[0]))
         return {
             "url": redact_text(self.url),
             "basename": self.basename,
             "batch": key,
-            "added": 0 if done is not None else len(ids),
+            "added": 0 if done is not None else int(bands.shape[0]),
             "already_indexed": done is not None,
             **self.summary(),
         }
 
     def summary(self) -> dict[str, Any]:
         return {"index_docs": self.docs(), "index_batches": int(self._client.hlen(self._batches))}
+
+
+def _replay(record: bytes, docs: int, url: str, key: str) -> np.ndarray:
+    n = int(np.frombuffer(record[:8], dtype="<u8")[0]) if len(record) >= 8 else -1
+    if n != docs or len(record) != 8 + (docs + 7) // 8:
+        raise ShardError(
+            f"{redact_text(url)}: the recorded matches of batch {key} are for {n} documents, it has {docs}; "
+            f"delete the field {key} of the index's :matched hash to query it again"
+        )
+    return np.unpackbits(np.frombuffer(record, dtype=np.uint8, offset=8), count=docs).astype(bool)

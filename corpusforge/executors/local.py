@@ -68,9 +68,9 @@ class _Settler:
         return False
 
 
-def _worker_init(run_dir: str, log_level: int, parent: int | None = None) -> None:
+def _worker_init(run_dir: str, log_level: int, parent: int | None = None, ancestor: int | None = None) -> None:
     # The parent first: one killed while this worker was still starting must not leave it waiting forever.
-    die_with_parent(parent=parent)  # a kill -9 of the main process ends its workers too
+    die_with_parent(parent=parent, ancestor=ancestor)  # a kill -9 of the main process ends its workers too
     _log_to_stderr(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: STOP.set())
@@ -196,15 +196,21 @@ def _run_processes(
     nothing else with it: the others go on, and it is started again under the failure policy."""
     import multiprocessing.connection as mpc
 
-    spawn = mp.get_context("spawn")
+    # Forked from a fork server that imported the stage's modules once: N processes start in a fraction of
+    # the time N spawned interpreters take to import them each (measured with 4 crawler processes on 2
+    # cores: ~1.5 s from the start of the stage to the first request with spawn). The fork server is a
+    # single-threaded child of this process and ends with it; each task's process watches both.
+    fs = mp.get_context("forkserver")
+    fs.set_forkserver_preload(["corpusforge.executors.local", *getattr(stage, "preload_modules", ())])
     level = max(logging.getLogger("corpusforge").getEffectiveLevel(), logging.WARNING)
-    init = (str(ctx.run_dir), level, os.getpid())
+    init = (str(ctx.run_dir), level, None, os.getpid())
     running: dict[int, tuple[Any, Any]] = {}
+    ended: list[Any] = []  # processes that sent their result: joined at the end (their exit takes a while)
     stopping = False
 
     def start(rank: int) -> None:
-        parent, child = spawn.Pipe(duplex=False)
-        proc = spawn.Process(target=_task_main, args=(stage, ctx, rank, child, init), daemon=True)
+        parent, child = fs.Pipe(duplex=False)
+        proc = fs.Process(target=_task_main, args=(stage, ctx, rank, child, init), daemon=True)
         proc.start()
         child.close()
         running[rank] = (proc, parent)
@@ -228,14 +234,15 @@ def _run_processes(
                         msg = None
                 if msg is None and proc.is_alive():
                     continue
-                proc.join(timeout=30)
                 conn.close()
                 del running[rank]
                 if msg is not None and msg[0] == "ok":
+                    ended.append(proc)
                     settler.outcome.partial |= msg[1]["partial"]
                     if not msg[1]["partial"]:
                         on_done(rank)
                     continue
+                proc.join(timeout=30)
                 exc = msg[1] if msg is not None else WorkerDied(f"task {rank}: its process died ({proc.exitcode})")
                 if settler.failed(rank, exc) and not STOP.is_set():
                     log.warning("stage %s: task %d runs again in a new process", ctx.stage_name, rank)
@@ -246,3 +253,5 @@ def _run_processes(
                 proc.kill()
             proc.join(timeout=10)
             conn.close()
+        for proc in ended:
+            proc.join(timeout=30)

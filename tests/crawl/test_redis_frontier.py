@@ -167,9 +167,10 @@ def test_processes_share_the_frontier_politely_and_store_every_page_once(tmp_pat
     assert step["dropped"].get("robots_disallowed") == len(HOSTS)  # each /private/x once, over all processes
 
 
-def crawler_pids(parent: int) -> list[int]:
-    """The crawler processes the runner started (spawned: ``multiprocessing.spawn``), not its resource tracker."""
-    out = []
+def crawler_pids(runner: int) -> list[int]:
+    """The crawler processes of a run: forked by the fork server the runner started (so their parent is the
+    server, itself a child of the runner)."""
+    procs: dict[int, tuple[int, str]] = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -178,10 +179,9 @@ def crawler_pids(parent: int) -> list[int]:
             cmd = (d / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and "spawn_main" in cmd:
-            out.append(int(d.name))
-    return out
+        procs[int(d.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
+    forkservers = {pid for pid, (ppid, cmd) in procs.items() if ppid == runner and "forkserver" in cmd}
+    return sorted(pid for pid, (ppid, _) in procs.items() if ppid in forkservers)
 
 
 def wait_for(pred, timeout_s: float = 60.0) -> None:
@@ -244,10 +244,15 @@ def test_kill_minus_9_of_everything_then_rerun_continues_the_crawl(tmp_path, ser
     path = recipe(tmp_path, s, redis_server.url, tasks=2, min_delay_s=0.15, lease_s=1.0)
     proc = start_cli(path)
     try:
+        wait_for(lambda: len(crawler_pids(proc.pid)) == 2)
+        crawlers = crawler_pids(proc.pid)
         wait_for(lambda: sum(s.log.pages().values()) >= 40)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the runner and both crawler processes
+        os.kill(proc.pid, signal.SIGKILL)  # the runner alone: its crawler processes must not go on without it
         proc.wait()
+        wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in crawlers), timeout_s=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     before = sum(s.log.pages().values())
     assert before < len(s.expected())
     r = run_cli(path)

@@ -1,6 +1,7 @@
 """The shared near-duplicate index in Redis (``index = "unix://…"`` / ``"redis://…"``): two builds on disjoint
-halves of a corpus, reruns that neither match themselves nor add twice, the datasketch layout it relies on,
-and a clear refusal when Redis cannot be reached or used."""
+halves of a corpus, reruns that neither match themselves nor add twice, an interrupted insert redone once, bucket
+splits that lose nothing, the same answers as the folder index and datasketch's ``MinHashLSH``, and a clear
+refusal when Redis cannot be reached or used."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import sys
 import numpy as np
 import pytest
 
+from corpusforge.dedup import redis_index
+from corpusforge.dedup.index import matches
 from corpusforge.dedup.redis_index import RedisBandIndex, connection_kwargs
-from corpusforge.dedup.shingles import permutations, signatures
+from corpusforge.dedup.shingles import band_hashes, permutations, signatures
 from corpusforge.document import Document
 from corpusforge.errors import DONE, FAILED, ConfigError
 from corpusforge.recipe import validate_recipe
@@ -74,7 +77,7 @@ def test_two_builds_share_one_redis_index_and_reruns_neither_match_nor_add_twice
     assert res.status == DONE and _kept(tmp_path, "machine1") == [d.id for d in half_a]
     index = _near(res).manifest["index"]
     assert index["added"] == 30 and index["index_docs"] == 30 and not index["already_indexed"]
-    assert index["url"] == url and index["basename"] == "cfmh1:5:14:8:1"
+    assert index["url"] == url and index["basename"] == "cfmh2:5:14:8:1"
 
     # Another machine, another run folder, the other half: exactly the planted near copies go.
     res = run_recipe(_recipe(tmp_path, "machine2", tmp_path / "in_b", url))
@@ -95,39 +98,95 @@ def test_two_builds_share_one_redis_index_and_reruns_neither_match_nor_add_twice
         assert _clusters(res).extra["indexed_docs_checked_against"] == 12  # the other batch only
         index = _near(res).manifest["index"]
         assert index["already_indexed"] and index["added"] == 0 and index["index_docs"] == 42
-    assert redis_server.client().hlen(b"cfmh1:5:14:8:1_keys") == 42
+    state = redis_server.client().hgetall(b"cfmh2:5:14:8:1:buckets")
+    assert all(state[f"n{b}".encode()] == b"42" for b in range(14))  # every band hash once
 
 
-def _sigs(texts):
+def _bands(texts):
     sig, has = signatures(texts, ngram=5, perms=permutations(112, 1))
-    return sig, has
+    return sig, band_hashes(sig, 14, 8), has
 
 
-def test_batched_query_agrees_with_datasketch_and_an_interrupted_add_is_redone_once(redis_server):  # noqa: F811
+def test_an_interrupted_add_is_redone_once_and_a_batch_never_matches_itself(redis_server, monkeypatch):  # noqa: F811
     rng = random.Random(3)
     base = [_text(rng, 200) for _ in range(40)]
-    sig_a, _ = _sigs(base)
+    _, bands_a, has_a = _bands(base)
     queries = [_edit(rng, base[i]) for i in range(10)] + [_text(rng, 200) for _ in range(10)]
-    sig_q, has_q = _sigs(queries)
+    _, bands_q, has_q = _bands(queries)
     idx = RedisBandIndex(redis_server.url, PARAMS)
-    ids = [f"d{i}" for i in range(40)]
-    # An attempt that died halfway: half its documents inserted, the batch never marked finished.
-    with idx.lsh.insertion_session() as session:
-        for i in range(20):
-            session.insert(f"batch1:{ids[i]}".encode(), idx._minhash(sig_a[i]), check_duplication=False)
-    assert idx.batch_docs("batch1") is None
-    summary = idx.add("batch1", ids, sig_a)
+    assert not idx.matches(bands_a, has_a, exclude="batch1").any()  # an empty index
+    # An attempt that dies after its first script call: part of its band hashes in, the batch not finished.
+    monkeypatch.setattr(redis_index, "CHUNK", 16)
+    script, calls = idx._add, []
+
+    def dies_after_one(**kw):
+        if calls:
+            raise ConnectionError("killed")
+        calls.append(script(**kw))
+
+    monkeypatch.setattr(idx, "_add", dies_after_one)
+    with pytest.raises(ConnectionError):
+        idx.add("batch1", bands_a, np.zeros(40, bool))
+    assert idx.batch_docs("batch1") is None and idx.docs() == 0 and calls == [16 * 14]
+    assert not idx.matches(bands_a, has_a, exclude="batch1").any()  # its own hashes are in: its record replays
+    monkeypatch.setattr(idx, "_add", script)
+    summary = idx.add("batch1", bands_a, np.zeros(40, bool))
     assert summary["added"] == 40 and summary["index_docs"] == 40 and idx.batch_docs("batch1") == 40
     client = redis_server.client()
-    assert all(client.llen(b"cfmh1:5:14:8:1_keys" + f"batch1:{i}".encode()) == 14 for i in ids)  # no doubles
-    assert idx.add("batch1", ids, sig_a)["added"] == 0  # finished: skipped
-    hit = idx.matches(sig_q, has_q, exclude="batch2")
-    expect = [bool(idx.lsh.query(idx._minhash(s))) for s in sig_q]  # datasketch's own query, one doc at a time
-    assert hit.tolist() == expect and hit[:10].all() and not hit[10:].any()
-    assert not idx.matches(sig_a, np.ones(40, bool), exclude="batch1").any()  # a batch never matches itself
+    state = client.hgetall(b"cfmh2:5:14:8:1:buckets")
+    assert all(state[f"n{b}".encode()] == b"40" for b in range(14))  # every band hash once, none twice
+    assert idx.add("batch1", bands_a, np.zeros(40, bool))["added"] == 0  # finished: skipped
+    hit = idx.matches(bands_q, has_q, exclude="batch2")
+    assert hit.tolist() == (matches(bands_a, bands_q) & has_q).tolist()  # the folder index's answer
+    assert hit[:10].all() and not hit[10:].any()
+    assert not idx.matches(bands_a, np.ones(40, bool), exclude="batch1").any()  # a batch never matches itself
+    assert {client.object("encoding", k) for k in client.scan_iter(b"cfmh2:5:14:8:1:[0-9]*")} == {b"intset"}
     # Other parameters are another index on the same server: nothing in common.
     other = RedisBandIndex(redis_server.url, {**PARAMS, "seed": 2})
-    assert other.docs() == 0 and not other.matches(sig_q, has_q, exclude="x").any()
+    assert other.docs() == 0 and not other.matches(bands_q, has_q, exclude="x").any()
+
+
+def test_bucket_splits_keep_every_band_hash_findable(redis_server, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(redis_index, "LOAD", 3)  # thousands of splits for 3,000 documents
+    rng = np.random.default_rng(7)
+    bands = rng.integers(0, 2**64, size=(3000, 14), dtype=np.uint64)
+    idx = RedisBandIndex(redis_server.url, PARAMS)
+    for k in range(3):  # three batches, so splits also happen between script calls
+        idx.add(f"b{k}", bands[k * 1000 : (k + 1) * 1000], np.zeros(1000, bool))
+    client = redis_server.client()
+    state = {k.decode(): int(v) for k, v in client.hgetall(b"cfmh2:5:14:8:1:buckets").items()}
+    for b in range(14):
+        level, split = state[f"L{b}"], state[f"p{b}"]
+        assert 2**level + split == 1000  # 3,000 members, 3 a bucket
+        members = 0
+        for key in client.scan_iter(f"cfmh2:5:14:8:1:{b}:*".encode()):
+            for v in map(int, client.smembers(key)):  # each in its linear-hashing bucket
+                a = v % 2**level
+                assert int(key.rsplit(b":", 1)[1]) == (a if a >= split else v % 2 ** (level + 1))
+                members += 1
+        assert members == state[f"n{b}"] == 3000
+    probe = rng.integers(0, 2**64, size=(3000, 14), dtype=np.uint64)
+    probe[::3, 5] = bands[::3, 5]  # every third shares band 5 with an indexed document
+    hit = idx.matches(probe, np.ones(3000, bool), exclude="q")
+    assert hit.tolist() == [i % 3 == 0 for i in range(3000)]
+    assert idx.matches(bands, np.ones(3000, bool), exclude="q").all()
+
+
+def test_matches_equal_datasketch_minhashlsh_query(redis_server):  # noqa: F811
+    datasketch = pytest.importorskip("datasketch")
+    rng = random.Random(9)
+    base = [_text(rng, 200) for _ in range(60)]
+    sig_a, bands_a, has_a = _bands(base)
+    queries = [_edit(rng, base[i], k=rng.choice([2, 20, 60])) for i in range(30)] + [_text(rng, 200) for _ in range(20)]
+    sig_q, bands_q, has_q = _bands(queries)
+    idx = RedisBandIndex(redis_server.url, PARAMS)
+    idx.add("base", bands_a, np.zeros(60, bool))
+    lsh = datasketch.MinHashLSH(num_perm=112, params=(14, 8))
+    for i, s in enumerate(sig_a):
+        lsh.insert(f"d{i}", datasketch.LeanMinHash(seed=1, hashvalues=s, scheme="affine32"))
+    expect = [bool(lsh.query(datasketch.LeanMinHash(seed=1, hashvalues=s, scheme="affine32"))) for s in sig_q]
+    hit = idx.matches(bands_q, has_q, exclude="q")
+    assert hit.tolist() == expect and 0 < sum(expect) < 50
 
 
 def test_unreachable_redis_is_a_config_error_and_nothing_is_written(tmp_path, redis_server):  # noqa: F811
@@ -166,6 +225,6 @@ def test_urls_become_redis_keyword_arguments_and_missing_packages_say_what_to_in
     with pytest.raises(ConfigError, match="is redis-server running") as err:
         RedisBandIndex("redis://:s3cret@127.0.0.1:1/0", PARAMS)
     assert "s3cret" not in str(err.value) and err.value.path == "index"
-    monkeypatch.setitem(sys.modules, "datasketch", None)
+    monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ConfigError, match=r"pip install 'corpusforge\[redis\]'"):
         RedisBandIndex("redis://127.0.0.1:1/0", PARAMS)
