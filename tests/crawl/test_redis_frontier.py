@@ -53,30 +53,32 @@ class Log:
         with self.lock:
             return Counter((h, p) for h, p, _, _ in self.hits if p != "/robots.txt")
 
-    def violations(self, delay_s: float) -> list[str]:
-        """Requests to a host closer than ``delay_s`` to the previous start, or overlapping another one."""
+    def violations(self, delay_s: float, per_host: dict[str, float] | None = None) -> list[str]:
+        """Requests to a host closer than its delay (``per_host``, else ``delay_s``) to the previous start, or
+        overlapping another one."""
         out = []
         by_host: dict[str, list[tuple[float, float]]] = {}
         with self.lock:
             for host, _, a, b in self.hits:
                 by_host.setdefault(host, []).append((a, b))
         for host, spans in by_host.items():
+            delay = (per_host or {}).get(host, delay_s)
             spans.sort()
             if max_overlap(spans) > 1:
                 out.append(f"{host}: {max_overlap(spans)} requests in flight at once")
             for (a, _), (b, _) in zip(spans, spans[1:], strict=False):
-                if b - a < delay_s - TOLERANCE_S:
+                if b - a < delay - TOLERANCE_S:
                     out.append(f"{host}: starts {b - a:.3f} s apart")
         return out
 
 
-def site(log: Log, host: str, n: int, sleep_s: float, hosts: tuple[str, ...], port_of) -> dict:
+def site(log: Log, host: str, n: int, sleep_s: float, hosts: tuple[str, ...], port_of, robots: bytes) -> dict:
     """An index linking to ``n`` pages; each page links to two of its host's pages and to the same page on
     the next host (so pages are found from several hosts, and by several processes)."""
     me = hosts.index(host)
     nxt = hosts[(me + 1) % len(hosts)]
     routes = {
-        "/robots.txt": log.route(host, b"User-agent: *\nDisallow: /private\n", "text/plain", sleep_s),
+        "/robots.txt": log.route(host, robots, "text/plain", sleep_s),
         "/": log.route(
             host, html("".join(f'<a href="/p{i}.html">p{i}</a>' for i in range(n)))[2], "text/html", sleep_s
         ),
@@ -90,7 +92,7 @@ def site(log: Log, host: str, n: int, sleep_s: float, hosts: tuple[str, ...], po
 
 
 class Site:
-    def __init__(self, servers, n: int = 12, sleep_s: float = 0.02) -> None:  # noqa: ANN001, F811
+    def __init__(self, servers, n: int = 12, sleep_s: float = 0.02, slow_host_delay: float | None = None) -> None:  # noqa: ANN001, F811
         self.log = Log()
         self.n = n
         self.made: list[FaultServer] = []
@@ -100,7 +102,10 @@ class Site:
             ports[h] = s.port
             self.made.append(s)
         for s in self.made:
-            s.routes.update(site(self.log, s.host, n, sleep_s, HOSTS, ports.__getitem__))
+            robots = b"User-agent: *\nDisallow: /private\n"
+            if slow_host_delay is not None and s.host == HOSTS[-1]:  # one host asks for more than the recipe
+                robots += f"Crawl-delay: {slow_host_delay}\n".encode()
+            s.routes.update(site(self.log, s.host, n, sleep_s, HOSTS, ports.__getitem__, robots))
 
     @property
     def bases(self) -> list[str]:
@@ -144,7 +149,7 @@ def stored_urls(tmp_path: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("tasks", [2, 4])
 def test_processes_share_the_frontier_politely_and_store_every_page_once(tmp_path, servers, redis_server, tasks):  # noqa: F811
-    s = Site(servers)
+    s = Site(servers, slow_host_delay=0.3)
     r = run_cli(recipe(tmp_path, s, redis_server.url, tasks=tasks))
     assert r.returncode == DONE, r.stderr[-3000:]
     urls = stored_urls(tmp_path)
@@ -153,7 +158,9 @@ def test_processes_share_the_frontier_politely_and_store_every_page_once(tmp_pat
     # Each page requested once: no URL taken twice while its lease held (no process died here).
     twice = [k for k, v in s.log.pages().items() if v > 1]
     assert twice == []
-    assert s.log.violations(0.1) == []
+    # robots.txt is read once per host for every process, and one host's Crawl-delay holds for all of them.
+    assert sorted(h for h, p, _, _ in s.log.hits if p == "/robots.txt") == sorted(HOSTS)
+    assert s.log.violations(0.1, {HOSTS[-1]: 0.3}) == []
     manifest = json.loads((tmp_path / "w" / "crawl" / "manifest.json").read_text())
     assert manifest["duplicates_in_output"] == 0
     assert manifest["frontier"]["stored"] == len(urls)
