@@ -7,8 +7,8 @@ allowing all, an index linking to its ``--pages`` pages of ~300 words, and pages
 their host and to the same page on two other hosts (h+1 and h+7). Every response, robots.txt included, is
 delayed ``--latency`` (50 ms) by the server. The server runs in a process of its own (this script with a hidden
 ``--serve``), so its threads do not compete with the crawler for the GIL; it logs every request (host, path,
-monotonic start when its handler began, end after the response was written) and hands the log over after
-each run. Run: ``python benchmarks/crawl_hosts.py [--quick] [--only requests+lxml,bare-scrapy]``.
+monotonic start when its handler began, end after the response was written, the client's port) and hands the
+log over after each run. Run: ``python benchmarks/crawl_hosts.py [--quick] [--only requests+lxml,bare-scrapy]``.
 
 The rules, for everyone: at most one request in flight per host and ``--delay`` (0.25 s) between the starts
 of two requests to a host, robots.txt obeyed (it counts as a request to its host). The politeness limit is
@@ -35,6 +35,21 @@ start URLs bypass its dupefilter, so it fetches each index a second time when a 
 extra responses are counted in the pages check, not in pages/s; their requests are in the access log). Scrapy
 2.19's asyncio downloader may start several queued requests of one slot at once (see ``benchmarks/crawl.py``);
 the peer is run with the settings above and nothing else, and what the server sees is reported as it is.
+
+Redis frontier mode (``--frontier redis [--processes 1,2,4]``): for each process count, our crawl with the
+requests+lxml backend and a frontier shared in Redis (``frontier = "unix://…"``, ``tasks`` = that count: the
+runner spawns one crawler process per task, each with ``concurrency`` fetch threads, 64 ÷ processes by default,
+see ``--redis-concurrency``), against a redis-server this script starts for each run (a unix socket in a
+temporary folder, no TCP port, nothing saved; stopped after the run) so each run starts from an empty frontier.
+Politeness is the crawl's to keep across its processes (Redis's clock); the limit is still hosts ÷ delay: it is
+per host, it does not grow with processes. Besides pages/s and violations, each run reports the URLs stored
+more than once in its output (read back from the folder's manifest, beside the manifest's own
+``duplicates_in_output``) and its start-up: from the clock's start to the first request in the access log
+(spawning the processes and importing corpusforge in each is part of the measured time, so the site is bigger
+in this mode: 120 pages per host, 40 with --quick). Unless ``--only`` says otherwise, the mode runs
+``requests+lxml`` (one process, SQLite frontier) first, as the baseline, then the Redis runs. Last line:
+``redis_ratio_to_limit=… violations=… duplicates_in_output=…`` (4 processes, or the largest count run; the
+violations and duplicates summed over the Redis runs).
 """
 
 from __future__ import annotations
@@ -42,6 +57,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,7 +71,13 @@ from typing import Any
 # The repository root, not benchmarks/ (whose tokenize.py would shadow the standard library's).
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+# After the path fix: dataclasses imports inspect, which imports tokenize.
+from dataclasses import dataclass, field  # noqa: E402
+
 from benchmarks._harness import parser, print_keyvals, print_table  # noqa: E402
+
+# An access log entry: host, path, start and end (monotonic s), status, the client's port (one per connection).
+LogEntry = tuple[str, str, float, float, int, int]
 
 RUNS = ("requests+lxml", "requests+bs4", "scrapy", "langchain", "selenium", "sequential", "bare-scrapy")
 
@@ -96,7 +119,7 @@ def serve(hosts: int, pages: int, latency: float) -> None:
     import socketserver
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    log: list[tuple[str, str, float, float, int]] = []
+    log: list[LogEntry] = []
     lock = threading.Lock()
     in_flight = [0]
     content: dict[tuple[str, str], bytes] = {}
@@ -124,7 +147,8 @@ def serve(hosts: int, pages: int, latency: float) -> None:
                 self.wfile.flush()
             finally:
                 with lock:
-                    log.append((str(self.server.server_address[0]), self.path, start, time.monotonic(), status))
+                    host = str(self.server.server_address[0])
+                    log.append((host, self.path, start, time.monotonic(), status, int(self.client_address[1])))
                     in_flight[0] -= 1
 
         def log_message(self, *a: Any) -> None:
@@ -197,7 +221,7 @@ class Site:
     def total(self) -> int:
         return self.hosts * (self.pages + 1)
 
-    def dump(self) -> list[tuple[str, str, float, float, int]]:
+    def dump(self) -> list[LogEntry]:
         """The access log since the last dump (and reset it)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write("dump\n")
@@ -228,11 +252,11 @@ class Site:
 # ---------------------------------------------------------------------------------------------- violations
 
 
-def politeness(log: list[tuple[str, str, float, float, int]], delay: float, tolerance: float, per_host: int) -> dict:
+def politeness(log: list[LogEntry], delay: float, tolerance: float, per_host: int) -> dict:
     """Violations per the module docstring, the smallest gap between starts to one host, the most requests
     in flight to one host, and the offending requests (host, previous path, path, gap in ms, in flight)."""
     by_host: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
-    for host, path, start, end, _status in log:
+    for host, path, start, end, *_ in log:
         by_host[host].append((start, end, path))
     bad: list[tuple[str, str, str, float, int]] = []
     min_gap, max_in_flight = float("inf"), 0
@@ -298,6 +322,20 @@ def warm_imports(backend: str) -> None:
     pa.RecordBatch.from_pylist([], schema=DOC_SCHEMA)  # pyarrow imports pandas on first use
 
 
+@dataclass
+class Crawl:
+    """What one crawl of ours gave: pages stored, seconds around ``run_recipe``, the monotonic clock when that
+    started (the server's log uses the same system-wide clock), and for a Redis run its output's duplicates."""
+
+    pages: int
+    seconds: float
+    started: float
+    duplicates: int | None = None  # URLs stored more than once, read back from the output
+    manifest_duplicates: Any = None  # the manifest's own duplicates_in_output
+    rows: int | None = None  # documents in the output
+    errors: list[str] = field(default_factory=list)
+
+
 def ours(
     backend: str,
     site: Site,
@@ -306,8 +344,11 @@ def ours(
     concurrency: int,
     browsers: int | None = None,
     max_pages: int | None = None,
-) -> tuple[int, float]:
-    """One crawl stage over every host of ``site`` in a fresh workdir: (pages stored, seconds)."""
+    frontier: str | None = None,
+    tasks: int = 1,
+) -> Crawl:
+    """One crawl stage over every host of ``site`` in a fresh workdir (with ``frontier``, a Redis URL: shared by
+    ``tasks`` crawler processes)."""
     from corpusforge.recipe import validate_recipe
     from corpusforge.runner import run_recipe
 
@@ -331,11 +372,102 @@ def ours(
             stage["browsers"] = browsers
         if max_pages:
             stage["max_pages"] = max_pages
+        if frontier:
+            stage["frontier"] = frontier
+            stage["tasks"] = tasks
         recipe = validate_recipe({"name": "hosts", "workdir": f"{tmp}/w", "stages": [stage]})
+        started = time.monotonic()
         t0 = time.perf_counter()
         res = run_recipe(recipe)
         dt = time.perf_counter() - t0
-        return int(res.stages[0].extra.get("pages_fetched", 0)), dt
+        out = res.stages[0]
+        crawl = Crawl(int(out.extra.get("pages_fetched", 0)), dt, started)
+        if out.status != "done":
+            crawl.errors = [f"stage {out.status}", *out.errors]
+        if frontier:
+            output_duplicates(crawl, out.out_dir)
+        return crawl
+
+
+def output_duplicates(crawl: Crawl, folder: Path) -> None:
+    """Count the URLs stored more than once in a finished crawl folder (its manifest's files, read back)."""
+    from corpusforge.storage import MANIFEST, iter_documents, load_manifest, manifest_paths
+
+    if not (folder / MANIFEST).is_file():
+        crawl.errors.append(f"no manifest in {folder.name}: duplicates not counted")
+        return
+    seen: set[str] = set()
+    rows = repeats = 0
+    for doc in iter_documents(manifest_paths(folder), columns=["id", "url"]):
+        rows += 1
+        repeats += doc.url in seen
+        seen.add(doc.url)
+    crawl.rows, crawl.duplicates = rows, repeats
+    crawl.manifest_duplicates = load_manifest(folder).get("duplicates_in_output")
+
+
+class RedisServer:
+    """A throwaway redis-server for one run: a unix socket in a temporary folder, no TCP port, nothing saved."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="cf-redis-"))
+        self.socket = self.folder / "redis.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self) -> None:
+        import redis
+
+        exe = redis_server_exe()
+        if exe is None:
+            raise RuntimeError("redis-server not found (apt-get install redis-server)")
+        log = self.folder / "redis.log"
+        cmd = [exe, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        cmd += ["--dir", str(self.folder), "--save", "", "--appendonly", "no", "--daemonize", "no"]
+        cmd += ["--logfile", str(log)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                if self.proc.poll() is not None:
+                    tail = log.read_text(errors="replace")[-1000:] if log.is_file() else ""
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {tail}")
+                if self.socket.exists():
+                    client = redis.Redis(unix_socket_path=str(self.socket))
+                    try:
+                        if client.ping():
+                            return
+                    except redis.exceptions.RedisError:
+                        pass
+                    finally:
+                        client.close()
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not answer within 20 s")
+                time.sleep(0.02)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def redis_server_exe() -> str | None:
+    exe = shutil.which("redis-server")
+    if exe is None and Path("/usr/bin/redis-server").is_file():
+        exe = "/usr/bin/redis-server"
+    return exe
 
 
 def scrapy_peer(spec: dict[str, Any]) -> None:
@@ -398,6 +530,11 @@ def unavailable(run: str) -> str | None:
 
     if run == "langchain" and importlib.util.find_spec("langchain_community") is None:
         return "langchain_community is not importable"
+    if run == "redis":
+        if importlib.util.find_spec("redis") is None:
+            return "the redis client is not installed (pip install 'corpusforge[redis]')"
+        if redis_server_exe() is None:
+            return "redis-server not found (apt-get install redis-server)"
     if run == "selenium":
         if importlib.util.find_spec("selenium") is None:
             return "selenium is not installed"
@@ -410,6 +547,54 @@ def unavailable(run: str) -> str | None:
     return None
 
 
+def timing(log: list[LogEntry], started: float | None, seconds: float, delay: float) -> dict[str, Any]:
+    """Where a run's time went, from the access log (the server's monotonic clock is the system's, as ours):
+    start-up to the first request, the span of the requests, the tail after the last one; per host, the gaps
+    between request starts (over the first and the second half of the span), when each host was first and last
+    asked (a host served late is starved), the connections opened (a client port per host), and of the gaps
+    shorter than the delay, how many follow a request that opened its connection (its handler starts later at
+    the server, so the gap after it looks shorter than the client kept it)."""
+    if not log:
+        return {}
+    first, last_end = min(e[2] for e in log), max(e[3] for e in log)
+    mid = (first + last_end) / 2
+    opened: dict[tuple[str, int], float] = {}
+    by_host: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for host, _path, start, _end, _status, port in log:
+        by_host[host].append((start, port))
+        opened[host, port] = min(start, opened.get((host, port), start))
+    gaps: list[float] = []
+    halves: tuple[list[float], list[float]] = ([], [])
+    firsts, lasts = [], []
+    short = short_after_open = 0
+    for host, reqs in by_host.items():
+        reqs.sort()
+        for (a, port), (b, _) in zip(reqs, reqs[1:], strict=False):
+            gaps.append(b - a)
+            halves[b >= mid].append(b - a)
+            if b - a < delay:
+                short += 1
+                short_after_open += opened[host, port] == a
+        firsts.append(reqs[0][0] - first)
+        lasts.append(reqs[-1][0] - first)
+    q = statistics.quantiles(gaps, n=20, method="inclusive") if len(gaps) >= 2 else [0.0] * 19
+    return {
+        "startup_s": None if started is None else first - started,
+        "busy_s": last_end - first,
+        "tail_s": None if started is None else started + seconds - last_end,
+        "gap_mean_ms": statistics.fmean(gaps) * 1000 if gaps else 0.0,
+        "gap_halves_ms": tuple(statistics.fmean(h) * 1000 if h else 0.0 for h in halves),
+        "gap_median_ms": statistics.median(gaps) * 1000 if gaps else 0.0,
+        "gap_p95_ms": q[18] * 1000,
+        "first_ask_max_s": max(firsts),
+        "last_ask_min_s": min(lasts),
+        "last_ask_max_s": max(lasts),
+        "connections": len(opened),
+        "short_gaps": short,
+        "short_after_open": short_after_open,
+    }
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -417,22 +602,41 @@ def main() -> None:
     p = parser(__doc__ or "")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--hosts", type=int, default=None, help="loopback hosts (default 64; 16 with --quick)")
-    p.add_argument("--pages", type=int, default=None, help="pages per host besides its index (40; 10 with --quick)")
+    p.add_argument(
+        "--pages",
+        type=int,
+        default=None,
+        help="pages per host besides its index (40; 10 with --quick; with --frontier redis 120, 40 with --quick)",
+    )
     p.add_argument("--latency", type=float, default=0.05, help="server delay per response, s")
     p.add_argument("--delay", type=float, default=0.25, help="per-host delay between request starts, s")
     p.add_argument("--tolerance", type=float, default=0.01, help="slack on the delay when counting violations, s")
     p.add_argument("--concurrency", type=int, default=64, help="fetches in flight over all hosts")
     p.add_argument("--selenium-hosts", type=int, default=None, help="hosts of the selenium site (8; 4 with --quick)")
-    p.add_argument("--selenium-pages", type=int, default=None, help="its pages per host (--pages; 4 with --quick)")
+    p.add_argument(
+        "--selenium-pages", type=int, default=None, help="its pages per host (--pages or 40; 4 with --quick)"
+    )
     p.add_argument("--browsers", type=int, default=4, help="Chromiums of the selenium run")
     p.add_argument("--sequential-pages", type=int, default=None, help="max_pages of the sequential run (300; 60)")
     p.add_argument("--only", default=None, help=f"comma-separated runs out of {','.join(RUNS)}")
+    p.add_argument("--frontier", choices=("redis",), default=None, help="redis: the shared-frontier runs (see above)")
+    p.add_argument("--processes", default="1,2,4", help="crawler process counts of the Redis runs (1,2,4)")
+    p.add_argument(
+        "--redis-concurrency",
+        default="split",
+        help="fetch threads per process of the Redis runs: split (--concurrency ÷ processes) or a number; "
+        "comma-separated to run each process count with each (split,64)",
+    )
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--scrapy-peer", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
 
+    redis_mode = args.frontier == "redis"
     hosts = args.hosts or (16 if args.quick else 64)
-    pages = args.pages or (10 if args.quick else 40)
+    if redis_mode:
+        pages = args.pages or (40 if args.quick else 120)
+    else:
+        pages = args.pages or (10 if args.quick else 40)
     if args.serve:
         # The server is the measuring instrument: ahead of the crawlers in the CPU queue (where allowed), its
         # log shows when requests arrived, not when a loaded 2-core machine got round to its threads.
@@ -446,86 +650,169 @@ def main() -> None:
         scrapy_peer(json.loads(args.scrapy_peer))
         return
     sel_hosts = args.selenium_hosts or (4 if args.quick else 8)
-    sel_pages = args.selenium_pages or (4 if args.quick else pages)
+    sel_pages = args.selenium_pages or (4 if args.quick else args.pages or 40)  # not the Redis mode's 120
     seq_pages = args.sequential_pages or (60 if args.quick else 300)
     if not 1 <= hosts <= 254 or not 1 <= sel_hosts <= 254:
         sys.exit("--hosts and --selenium-hosts must be between 1 and 254 (127.0.0.1 … 127.0.0.254)")
-    wanted = list(RUNS) if args.only is None else [r.strip() for r in args.only.split(",") if r.strip()]
+    if args.only is not None:
+        wanted = [r.strip() for r in args.only.split(",") if r.strip()]
+    else:
+        wanted = ["requests+lxml"] if redis_mode else list(RUNS)
     unknown = [r for r in wanted if r not in RUNS]
     if unknown:
         sys.exit(f"--only: unknown run(s) {', '.join(unknown)}; choose from {', '.join(RUNS)}")
 
     delay, conc = args.delay, args.concurrency
+    # (label, kind, crawler processes, fetch threads per process)
+    plan: list[tuple[str, str, int, int]] = [(r, r, 1, conc) for r in RUNS if r in wanted]
+    redis_labels: list[str] = []  # in plan order
+    if redis_mode:
+        try:
+            counts = list(dict.fromkeys(int(x) for x in args.processes.split(",") if x.strip()))
+            specs = [x.strip() for x in args.redis_concurrency.split(",") if x.strip()]
+            per_proc = [[max(1, conc // n) if c == "split" else int(c) for c in specs] for n in counts]
+        except ValueError:
+            sys.exit("--processes and --redis-concurrency take comma-separated numbers (or split)")
+        if not counts or min(counts) < 1 or not specs or min(min(c) for c in per_proc) < 1:
+            sys.exit("--processes and --redis-concurrency must be 1 or more")
+        for n, threads in zip(counts, per_proc, strict=True):
+            for c in dict.fromkeys(threads):
+                redis_labels.append(f"redis-{n}p-c{c}")
+                plan.append((redis_labels[-1], "redis", n, c))
     rows: list[dict[str, Any]] = []
     checks: list[str] = []
     offenders: list[str] = []
+    timings: list[str] = []
     pps: dict[str, float] = {}
     total_violations = 0
+    redis_violations = redis_duplicates = 0
     site = Site(hosts, pages, args.latency)
     try:
-        for run in (r for r in RUNS if r in wanted):
-            why = unavailable(run)
+        for label, kind, procs, threads in plan:
+            why = unavailable(kind)
             if why:
-                print(f"note: {run} skipped: {why}", flush=True)
+                print(f"note: {label} skipped: {why}", flush=True)
                 continue
             target, note = site, ""
-            if run == "selenium":
+            crawl: Crawl | None = None
+            server: RedisServer | None = None
+            if kind == "selenium":
                 target = Site(sel_hosts, sel_pages, args.latency)
             try:
+                if kind == "redis":
+                    server = RedisServer()
+                    server.start()  # a fresh server: an empty frontier
                 target.dump()  # start from an empty log
-                if run == "bare-scrapy":
+                if kind == "bare-scrapy":
                     n, s, parsed = bare_scrapy(target, delay=delay, concurrency=conc)
                     if parsed != n:
                         note = f", {parsed} responses parsed: its start URLs skip the dupefilter, fetched again"
-                elif run == "sequential":
-                    n, s = ours("requests+lxml", target, delay=delay, concurrency=1, max_pages=seq_pages)
-                elif run == "selenium":
-                    n, s = ours("selenium", target, delay=delay, concurrency=conc, browsers=args.browsers)
+                elif kind == "sequential":
+                    crawl = ours("requests+lxml", target, delay=delay, concurrency=1, max_pages=seq_pages)
+                elif kind == "selenium":
+                    crawl = ours("selenium", target, delay=delay, concurrency=conc, browsers=args.browsers)
+                elif kind == "redis":
+                    assert server is not None
+                    crawl = ours(
+                        "requests+lxml", target, delay=delay, concurrency=threads, frontier=server.url, tasks=procs
+                    )
                 else:
-                    n, s = ours(run, target, delay=delay, concurrency=conc)
+                    crawl = ours(kind, target, delay=delay, concurrency=conc)
                 log = target.dump()
             finally:
+                if server is not None:
+                    server.stop()
                 if target is not site:
                     target.close()
+            if crawl is not None:
+                n, s = crawl.pages, crawl.seconds
             pol = politeness(log, delay, args.tolerance, 1)
             limit = target.hosts / delay
-            pps[run] = n / s if s else 0.0
+            pps[label] = n / s if s else 0.0
             total_violations += pol["violations"]
-            rows.append(
-                {
-                    "run": run,
-                    "hosts": target.hosts,
-                    "pages": n,
-                    "seconds": f"{s:.2f}",
-                    "pages/s": f"{pps[run]:.1f}",
-                    "ratio_to_limit": f"{pps[run] / limit:.3f}",
-                    "violations": pol["violations"],
-                    "min_gap_ms": f"{pol['min_gap_ms']:.1f}" if pol["min_gap_ms"] != float("inf") else "-",
-                    "max_in_flight": pol["max_in_flight"],
-                }
-            )
-            expected = seq_pages if run == "sequential" else target.total
+            row: dict[str, Any] = {"run": label}
+            if redis_mode:
+                row |= {"processes": procs, "conc/proc": threads}
+            row |= {
+                "hosts": target.hosts,
+                "pages": n,
+                "seconds": f"{s:.2f}",
+                "pages/s": f"{pps[label]:.1f}",
+                "ratio_to_limit": f"{pps[label] / limit:.3f}",
+                "violations": pol["violations"],
+                "min_gap_ms": f"{pol['min_gap_ms']:.1f}" if pol["min_gap_ms"] != float("inf") else "-",
+                "max_in_flight": pol["max_in_flight"],
+            }
+            if redis_mode:
+                t = timing(log, crawl.started if crawl else None, s, delay)
+                up = t.get("startup_s")
+                row["startup_s"] = f"{up:.2f}" if up is not None else "-"
+                row["ratio_after_startup"] = f"{n / (s - up) / limit:.3f}" if up is not None and s > up else "-"
+                row["duplicates"] = "-" if crawl is None or crawl.duplicates is None else crawl.duplicates
+                if t:
+                    nan = float("nan")
+                    tail = t["tail_s"] if t["tail_s"] is not None else nan
+                    timings.append(
+                        f"{label}: first request {up if up is not None else nan:.2f} s after the start "
+                        f"({(up or 0) / s:.0%} of {s:.2f} s), requests over {t['busy_s']:.2f} s, {tail:.2f} s after "
+                        f"the last ({tail / s:.0%}); gaps between starts to a host: mean {t['gap_mean_ms']:.1f} ms "
+                        f"({t['gap_halves_ms'][0]:.1f} in the first half of the span, {t['gap_halves_ms'][1]:.1f} "
+                        f"in the second), median {t['gap_median_ms']:.1f}, p95 {t['gap_p95_ms']:.1f}; every host "
+                        f"asked by {t['first_ask_max_s']:.2f} s, hosts' last requests {t['last_ask_min_s']:.2f}–"
+                        f"{t['last_ask_max_s']:.2f} s after the first; {t['connections']} connections opened; "
+                        f"{t['short_gaps']} gaps under {delay * 1000:.0f} ms, {t['short_after_open']} of them after "
+                        "a request that opened its connection"
+                    )
+            rows.append(row)
+            if kind == "redis":
+                redis_violations += pol["violations"]
+                redis_duplicates += (crawl.duplicates or 0) if crawl else 0
+                if crawl is not None and crawl.duplicates is not None:
+                    note += (
+                        f"; output {crawl.rows} rows, {crawl.duplicates} URL(s) stored twice (the manifest's "
+                        f"duplicates_in_output: {crawl.manifest_duplicates})"
+                    )
+            if crawl is not None and crawl.errors:
+                note += "; " + "; ".join(crawl.errors)
+            expected = seq_pages if kind == "sequential" else target.total
             robots = sum(1 for e in log if e[1] == "/robots.txt")
             checks.append(
-                f"{run}: {n} of {expected} pages {'ok' if n == expected else 'MISSING ' + str(expected - n)}"
+                f"{label}: {n} of {expected} pages {'ok' if n == expected else 'MISSING ' + str(expected - n)}"
                 f" ({len(log)} requests logged, {robots} robots.txt{note})"
             )
             for host, prev, path, gap, flying in sorted(pol["bad"], key=lambda b: b[3])[:5]:
-                offenders.append(f"{run}: {host} {prev} → {path}: {gap:.1f} ms between starts, {flying} in flight")
-            print(f"done: {run}, {n} pages in {s:.2f} s", flush=True)
+                offenders.append(f"{label}: {host} {prev} → {path}: {gap:.1f} ms between starts, {flying} in flight")
+            print(f"done: {label}, {n} pages in {s:.2f} s", flush=True)
     finally:
         site.close()
 
-    print_table(
-        rows,
-        title=(
-            f"crawl over {hosts} loopback hosts × {pages + 1} pages, {args.latency * 1000:.0f} ms per response, "
-            f"per-host delay {delay} s, 1 in flight per host, concurrency {conc} (limit = hosts ÷ delay)"
-        ),
+    title = (
+        f"crawl over {hosts} loopback hosts × {pages + 1} pages, {args.latency * 1000:.0f} ms per response, "
+        f"per-host delay {delay} s, 1 in flight per host, concurrency {conc} (limit = hosts ÷ delay)"
     )
+    if redis_mode:
+        title += "; redis-<n>p-c<t>: n crawler processes sharing a Redis frontier, t fetch threads each"
+    print_table(rows, title=title)
     print("\npages check:\n  " + "\n  ".join(checks))
+    if timings:
+        print("timing, from the access log:\n  " + "\n  ".join(timings))
     if offenders:
         print("violations (up to 5 per run, smallest gaps first):\n  " + "\n  ".join(offenders))
+    if redis_mode:
+        done = [lb for lb in redis_labels if lb in pps]
+        # The headline: 4 processes (its first --redis-concurrency), or the largest count run.
+        pick = next((lb for lb in done if lb.startswith("redis-4p-")), None)
+        if pick is None and done:
+            pick = max(done, key=lambda lb: int(lb.split("-")[1][:-1]))
+        ratio = f"{pps[pick] / (hosts / delay):.3f}" if pick else "-"
+        if pick:
+            met = float(ratio) >= 0.9 and not redis_violations
+            print(
+                f"goal ({pick}): ≥ 0.9 of the limit and 0 violations: ratio {ratio}, {redis_violations} "
+                f"violation(s) over the Redis runs: {'met' if met else 'NOT met'}"
+            )
+        print_keyvals(redis_ratio_to_limit=ratio, violations=redis_violations, duplicates_in_output=redis_duplicates)
+        return
     lxml, bare = pps.get("requests+lxml"), pps.get("bare-scrapy")
     print_keyvals(
         ratio_to_limit=f"{lxml / (hosts / delay):.3f}" if lxml is not None else "-",

@@ -41,7 +41,7 @@ from typing import Any
 from corpusforge.crawl import redis_lua as lua
 from corpusforge.crawl.scheduler import Entry, SchedulerSnapshot
 from corpusforge.crawl.urls import host_key
-from corpusforge.errors import ConfigError, CorpusforgeError, FatalError
+from corpusforge.errors import ConfigError, FatalError
 
 log = logging.getLogger(__name__)
 
@@ -542,15 +542,9 @@ class RedisFrontier:
     # ------------------------------------------------------------------ running state
     def ensure_usable(self) -> None:
         """Refuse a server that evicts keys: a frontier that silently loses URLs would lose pages."""
-        try:
-            policy = self.client.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
-        except Exception:  # noqa: BLE001 - CONFIG may be disabled on a managed server: nothing to check
-            return
-        if policy not in ("noeviction", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"):
-            raise CorpusforgeError(
-                f"Redis at {safe_url(self.url)} evicts keys (maxmemory-policy {policy}): the frontier would lose "
-                "URLs; set maxmemory-policy noeviction"
-            )
+        from corpusforge.redisutil import refuse_evicting_server
+
+        refuse_evicting_server(self.client, self.url, "the crawl's frontier would lose URLs", path="frontier")
 
 
 def frontier_key(config: dict[str, Any]) -> str:

@@ -38,7 +38,8 @@ class CrawlStage(Stage):
     def frontier_key(self) -> str:
         from corpusforge.crawl.redis_frontier import frontier_key
 
-        return self.settings.frontier_key or frontier_key(self.config())
+        # Not from the URL: a rotated password or a new address of the same server is the same crawl.
+        return self.settings.frontier_key or frontier_key({k: v for k, v in self.config().items() if k != "frontier"})
 
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in self.settings.to_dict().items() if k not in self.runtime_params}
@@ -72,7 +73,15 @@ class CrawlStage(Stage):
                 )
             if s.previous is not None:
                 raise ConfigError("a re-crawl ('previous') runs on the SQLite frontier only", path=f"{path}.previous")
-            connect(s.frontier, path=f"{path}.frontier", probe=True).close()  # unreachable: exit 1, nothing written
+            from corpusforge.redisutil import refuse_evicting_server
+
+            client = connect(s.frontier, path=f"{path}.frontier", probe=True)  # unreachable: exit 1, nothing written
+            try:
+                refuse_evicting_server(
+                    client, s.frontier, "the crawl's frontier would lose URLs", path=f"{path}.frontier"
+                )
+            finally:
+                client.close()
         elif s.tasks > 1:
             raise ConfigError(
                 'several crawler processes need a frontier they share: set frontier = "redis://…"',

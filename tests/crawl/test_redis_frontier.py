@@ -469,3 +469,12 @@ def test_the_crawl_command_takes_frontier_and_tasks(tmp_path, servers, redis_ser
     r = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == DONE, r.stderr[-3000:]
     assert set(stored_urls(tmp_path)) == s.expected()
+
+
+def test_a_server_that_may_evict_keys_is_refused_before_anything_is_written(tmp_path, servers, redis_server):  # noqa: F811
+    redis_server.client().config_set("maxmemory-policy", "allkeys-lru")
+    s = Site(servers, n=1)
+    r = run_cli(recipe(tmp_path, s, redis_server.url, tasks=2), timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "maxmemory-policy allkeys-lru" in r.stderr and "stages[0].frontier" in r.stderr
+    assert not (tmp_path / "w").exists()

@@ -212,6 +212,16 @@ def test_unreachable_redis_is_a_config_error_and_nothing_is_written(tmp_path, re
     )
 
 
+def test_a_server_that_may_evict_keys_is_refused(tmp_path, redis_server):  # noqa: F811
+    rng = random.Random(6)
+    _shards(tmp_path / "in", [Document(id=f"a{i}", text=_text(rng)) for i in range(5)])
+    redis_server.client().config_set("maxmemory-policy", "allkeys-random")
+    with pytest.raises(ConfigError) as err:
+        _recipe(tmp_path, "evicting", tmp_path / "in", redis_server.url)
+    assert "maxmemory-policy allkeys-random" in str(err.value) and err.value.path == "stages[1].index"
+    assert not (tmp_path / "evicting").exists()
+
+
 def test_urls_become_redis_keyword_arguments_and_missing_packages_say_what_to_install(monkeypatch):
     assert connection_kwargs("redis://:s3cret@cache.example:6380/2") == {
         "password": "s3cret",
