@@ -106,6 +106,7 @@ class Crawler:
         self.pending_counts: dict[str, Counter[str]] = {"drop": Counter(), "count": Counter()}
         self.seen: set[str] = set()
         self.queue: deque[_Item] = deque()
+        self.link_refusals: list[tuple[str, str]] = []  # shared frontier: refusals still to claim in Redis
         self.segment_no = 0
         self.writer: ShardWriter | None = None
         self.in_segment = 0
@@ -176,29 +177,41 @@ class Crawler:
             if canon in self.seen:
                 return
             self.seen.add(canon)
-            self._drop(canon, "scheme_refused")
+            self._refuse_link(canon, "scheme_refused")
             return
         canon = canonicalize(url)
         if canon in self.seen:
             return
         self.seen.add(canon)
         if not domain_allowed(canon, self.spider.allowed_domains):
-            self._drop(canon, "offsite")
+            self._refuse_link(canon, "offsite")
             return
         reason = trap_reason(
             canon, max_url_length=self.s.max_url_length, max_repeated_segments=self.s.max_repeated_segments
         )
         if reason:
-            self._drop(canon, reason)
+            self._refuse_link(canon, reason)
             return
         if depth > self.spider.max_depth:
-            self._drop(canon, "trap_depth")
+            self._refuse_link(canon, "trap_depth")
             return
         if depth > 0 and not self.spider.follow(canon):
-            self._drop(canon, "excluded_by_spider")
+            self._refuse_link(canon, "excluded_by_spider")
             return
         self.pending_new.append((canon, depth))
         self.queue.append(_Item(canon, depth))
+
+    def _refuse_link(self, url: str, reason: str) -> None:
+        """A discovered URL not queued. With a shared frontier the first process to see a URL decides for all:
+        the refusal is recorded only if Redis had not seen the URL (``crawl.pool`` claims it there), so a page
+        another process queued (found by a shorter path) is never also recorded as refused."""
+        if self.shared is not None:
+            self.link_refusals.append((url, reason))
+        else:
+            self._drop(url, reason)
+
+    # A depth refusal depends on the path a URL was found by: with a shared frontier it is recorded only if no
+    # process queues the URL by a shorter path before the crawl ends (``crawl.shared.settle_depth_refusals``).
 
     # ------------------------------------------------------------------ fetching
     def _wait_for(self, host: str) -> bool:

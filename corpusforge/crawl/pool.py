@@ -119,12 +119,21 @@ class _Pool:
         """Hand what the phases queued (links, retries) to the scheduler."""
         c = self.c
         if self.shared is not None:  # one round trip for all of a page's links
-            items = list(c.queue)
+            items, refused = list(c.queue), c.link_refusals
             c.queue.clear()
-            reasons = self.shared.push_many([(it.url, it.depth, it.tries, False, None) for it in items])
+            c.link_refusals = []
+            reasons, claimed = self.shared.push_many(
+                [(it.url, it.depth, it.tries, False, None) for it in items],
+                claims=[u for u, r in refused if r != "trap_depth"],
+                depth_refusals=[u for u, r in refused if r == "trap_depth"],
+            )
+            refused = [(u, r) for u, r in refused if r != "trap_depth"]
             for it, reason in zip(items, reasons, strict=True):
                 if reason is not None:
                     c._drop(it.url, reason)
+            for (url, reason), mine in zip(refused, claimed, strict=True):
+                if mine:
+                    c._drop(url, reason)
             return
         while c.queue:
             it = c.queue.popleft()

@@ -163,6 +163,7 @@ class RedisFrontier:
         self._commit = self.client.register_script(lib + lua.COMMIT)
         self._status = self.client.register_script(lib + lua.STATUS)
         self._release_script = self.client.register_script(lib + lua.RELEASE)
+        self._settle_deep = self.client.register_script(lib + lua.SETTLE_DEEP)
         self._lock = threading.Lock()  # local state below
         self._taking = threading.Lock()  # one fetch thread at a time asks Redis for a ticket
         self._wake = threading.Event()
@@ -188,18 +189,29 @@ class RedisFrontier:
 
     # ------------------------------------------------------------------ the writer's side (Scheduler API)
     def push(self, url: str, depth: int, tries: int = 0, *, front: bool = False, data: Any = None) -> str | None:
-        return self.push_many([(url, depth, tries, front, data)])[0]
+        return self.push_many([(url, depth, tries, front, data)])[0][0]
 
-    def push_many(self, items: Iterable[tuple[str, int, int, bool, Any]]) -> list[str | None]:
+    def push_many(
+        self,
+        items: Iterable[tuple[str, int, int, bool, Any]],
+        *,
+        claims: Iterable[str] = (),
+        depth_refusals: Iterable[str] = (),
+    ) -> tuple[list[str | None], list[bool]]:
         """Queue URLs; each result None (queued, or known to the crawl already) or the host's skip reason.
 
         A URL this process holds (a retry, a redirect hop, a render) stays in its local queue, leased; others
-        go to Redis, where ``seen`` keeps each URL queued once over all processes.
+        go to Redis, where ``seen`` keeps each URL queued once over all processes. ``claims``: URLs this
+        process refuses to queue (offsite, traps…): each True when no process had seen it (the refusal is this
+        process's to record), in the same script. ``depth_refusals``: URLs found too deep by this path; noted,
+        not seen: another process may still queue one by a shorter path.
         """
+        claims = list(claims)
+        weak = list(depth_refusals)
         out: list[str | None] = []
         shared: list[tuple[int, str, str, int, int, bool]] = []
         items = list(items)
-        queued = False  # anything queued that was not before: the taker may have a ticket now
+        queued = False  # a host that may start now and could not before: the taker may have a ticket
         with self._lock:
             for i, (url, depth, tries, front, data) in enumerate(items):
                 host = host_key(url)
@@ -215,19 +227,28 @@ class RedisFrontier:
                 if url in self.held:  # found as a link while this process works on it: known already
                     continue
                 shared.append((i, url, host, depth, tries, front))
-        if shared:
-            args: list[Any] = [self.prefix, self.per_host, len(shared)]
+        claimed: list[bool] = []
+        if shared or claims or weak:
+            args: list[Any] = [self.prefix, self.per_host, len(shared) + len(claims) + len(weak)]
             for _, url, host, depth, tries, front in shared:
                 args += [url, host, depth, tries, "1" if front else "0"]
+            for url in claims:
+                args += [url, "", 0, 0, "c"]
+            for url in weak:
+                args += [url, "", 0, 0, "w"]
             res = self._push(args=args)
-            for (i, *_), r in zip(shared, res, strict=True):
-                r = r.decode() if isinstance(r, bytes) else r
-                queued |= r == ""
+            # Wake the taker only for a host that may start now: a URL queued behind others, or for a host
+            # waiting out its delay, changes no wait (waking on each new link made the takers of 4 processes
+            # spin on Redis while links were being found).
+            queued |= int(res[-1]) > 0
+            res = [r.decode() if isinstance(r, bytes) else r for r in res[:-1]]
+            for (i, *_), r in zip(shared, res[: len(shared)], strict=True):
                 if r not in ("", "="):
                     out[i] = r
+            claimed = [r == "" for r in res[len(shared) : len(shared) + len(claims)]]
         if queued:
             self._wake.set()
-        return out
+        return out, claimed
 
     def hold(self, host: str, until: float) -> None:
         self._hold(args=[self.prefix, host, f"{self._redis_ms(until):.3f}", self.per_host])
@@ -401,6 +422,23 @@ class RedisFrontier:
         for url, token in leases:
             args += [url, token]
         return int(self._release_script(args=args))
+
+    def settle_depth_refusals(self) -> int:
+        """Once the crawl is over: record as refused (``trap_depth``) every URL found only too deep. One process
+        does it (the first to get here, or the same rank again after a kill), counting them as its own."""
+        mine = str(self.rank)
+        if (
+            not self.client.set(self._key("deep_settler"), mine, nx=True)
+            and self.client.get(self._key("deep_settler")) != mine.encode()
+        ):
+            return 0
+        n, cursor = 0, 0
+        while True:
+            cursor, batch = self.client.hscan(self._key("deep"), cursor, count=1000)
+            if batch:
+                n += int(self._settle_deep(args=[self.prefix, self.rank, *(u.decode() for u in batch)]))
+            if cursor == 0:
+                return n
 
     def status(self) -> dict[str, Any]:
         r = self._status(args=[self.prefix])

@@ -144,17 +144,25 @@ release_slot(slot, per_host)
 return 1
 """
 
-# ARGV: P, per_host, n, then n × (url, host, depth, tries, front). Returns per URL: '' queued, '=' seen,
-# else the host's skip reason.
+# ARGV: P, per_host, n, then n × (url, host, depth, tries, front: '1' ahead of the host's queue, '0' behind,
+# 'c' a claim: mark seen, queue nothing; 'w' a depth refusal: noted in ``deep``, not seen). Returns per URL: '' queued (claimed), '=' seen already, else the
+# host's skip reason; then the number of hosts that may start a request now and could not before.
 PUSH = r"""
 local per_host, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 local touched = {}
 for i = 0, n - 1 do
   local url, host, depth, tries, front = ARGV[4 + 5*i], ARGV[5 + 5*i], ARGV[6 + 5*i], ARGV[7 + 5*i], ARGV[8 + 5*i]
-  local skipped = redis.call('HGET', P .. 'host:' .. host, 'skipped')
-  if redis.call('SADD', P .. 'seen', url) == 0 then
+  local skipped = nil
+  if front ~= 'w' then skipped = redis.call('HGET', P .. 'host:' .. host, 'skipped') end
+  if front == 'w' then
+    -- Too deep by this path: noted, not seen (a shorter path may still queue it before the crawl ends).
+    if redis.call('SISMEMBER', P .. 'seen', url) == 0 then redis.call('HSETNX', P .. 'deep', url, '1') end
     out[#out + 1] = '='
+  elseif redis.call('SADD', P .. 'seen', url) == 0 then
+    out[#out + 1] = '='
+  elseif front == 'c' then
+    out[#out + 1] = ''  -- a claim: seen now, not queued (its process records why)
   elseif skipped then
     out[#out + 1] = skipped
   else
@@ -165,7 +173,19 @@ for i = 0, n - 1 do
     out[#out + 1] = ''
   end
 end
-for host, _ in pairs(touched) do refresh(host, per_host) end
+-- Last: how many hosts became ready to start now (a sleeping taker is woken only for those).
+local became = 0
+local now = nil
+for host, _ in pairs(touched) do
+  local before = redis.call('ZSCORE', P .. 'ready', host)
+  refresh(host, per_host)
+  local after = redis.call('ZSCORE', P .. 'ready', host)
+  if not before and after then
+    now = now or now_ms()
+    if tonumber(after) <= now then became = became + 1 end
+  end
+end
+out[#out + 1] = tostring(became)
 return out
 """
 
@@ -242,6 +262,12 @@ for _ = 1, n_done do
   end
   local value = reason
   if reason == '' then value = '=' .. seg end
+  if reason == 'redirect_target' then
+    -- A redirect's target, fetched as its source's hop: seen (never queued again), not recorded as done, so
+    -- a process that had queued the target itself still records its page.
+    redis.call('SADD', P .. 'seen', url)
+    ok = false
+  end
   if ok and redis.call('HSETNX', P .. 'done', url, value) == 1 then
     if reason == '' then
       redis.call('HINCRBY', P .. 'count', 'count:stored', 1)
@@ -306,4 +332,21 @@ return {
   redis.call('ZCARD', P .. 'ready'),
   tostring(now_ms()),
 }
+"""
+
+# ARGV: P, rank, then URLs noted in ``deep``: each one no process queued is recorded as refused (trap_depth),
+# counted for ``rank``. Idempotent (a URL recorded once stays recorded).
+SETTLE_DEEP = r"""
+local rc = P .. 'rcount:' .. ARGV[2]
+local n = 0
+for i = 3, #ARGV do
+  local url = ARGV[i]
+  if redis.call('SISMEMBER', P .. 'seen', url) == 0 and redis.call('HSETNX', P .. 'done', url, 'trap_depth') == 1 then
+    redis.call('HINCRBY', P .. 'count', 'drop:trap_depth', 1)
+    redis.call('HINCRBY', rc, 'drop:trap_depth', 1)
+    n = n + 1
+  end
+  redis.call('HDEL', P .. 'deep', url)
+end
+return n
 """

@@ -73,6 +73,8 @@ def _filter_segment(out_dir: Path, frontier: Any, record: dict[str, Any]) -> dic
 def task_outcome(crawler: Any, partial: bool, seconds: float) -> CrawlOutcome:
     """This task's segments (made exactly-once when the crawl is over) and its counters."""
     shared, out_dir = crawler.shared, crawler.ctx.out_dir
+    if not partial:
+        shared.settle_depth_refusals()
     files = []
     for rec in shared.segments(crawler.rank):
         if rec.get("excluded") and not partial:
