@@ -333,6 +333,7 @@ class Crawl:
     duplicates: int | None = None  # URLs stored more than once, read back from the output
     manifest_duplicates: Any = None  # the manifest's own duplicates_in_output
     rows: int | None = None  # documents in the output
+    redis_bytes: int | None = None  # the Redis server's used_memory at the end (frontier + counters + records)
     errors: list[str] = field(default_factory=list)
 
 
@@ -721,6 +722,11 @@ def main() -> None:
                 log = target.dump()
             finally:
                 if server is not None:
+                    if crawl is not None:
+                        import redis
+
+                        info = redis.Redis.from_url(server.url).info("memory")
+                        crawl.redis_bytes = int(info["used_memory"]) - int(info.get("used_memory_startup", 0))
                     server.stop()
                 if target is not site:
                     target.close()
@@ -752,6 +758,8 @@ def main() -> None:
                 if t:
                     nan = float("nan")
                     tail = t["tail_s"] if t["tail_s"] is not None else nan
+                    if crawl is not None and crawl.redis_bytes is not None and n:
+                        timings.append(f"{label}: Redis memory {crawl.redis_bytes / n:,.0f} bytes per stored page")
                     timings.append(
                         f"{label}: first request {up if up is not None else nan:.2f} s after the start "
                         f"({(up or 0) / s:.0%} of {s:.2f} s), requests over {t['busy_s']:.2f} s, {tail:.2f} s after "

@@ -494,7 +494,9 @@ class RedisFrontier:
         """Record a segment and what this process decided, in one script; the stored URLs not recorded.
 
         ``new`` is ignored: discovered URLs went to Redis when queued. Drops are counted from ``done`` (a URL
-        two processes dropped is counted once), stored pages from the URLs recorded.
+        two processes dropped is counted once), stored pages from the URLs recorded. ``pages`` (validators and
+        links for a re-crawl) are not kept: a re-crawl runs on the SQLite frontier, and they were most of the
+        frontier's memory (~2 KB of ~2 KB per stored page with them).
         """
         done = list(done)
         self._commits += 1
@@ -502,9 +504,7 @@ class RedisFrontier:
         with self._lock:
             tokens = [(u, r or "", self.held.get(u, "")) for u, r in done]
         counts = {k: v for k, v in counters.get("count", {}).items() if k != "stored" and v}
-        page_list = [
-            (u, json.dumps({"etag": e, "last_modified": lm, "sha1": h, "links": links})) for u, e, lm, h, links in pages
-        ]
+        page_list: list[tuple[str, str]] = []
         args: list[Any] = [
             self.prefix, commit_id, self.rank,
             segment["name"] if segment else "",
