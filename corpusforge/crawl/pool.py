@@ -86,7 +86,11 @@ class _Pool:
         while True:
             # close() wakes every sleeper at the end or a stop: the poll is only a backstop, and idle threads
             # waking often would take the GIL from the writer (a one-host crawl lost ~5% to it).
-            ticket = self.sched.wait_for_ticket(self.stop, poll_s=2.0)
+            try:
+                ticket = self.sched.wait_for_ticket(self.stop, poll_s=2.0)
+            except BaseException as exc:  # the shared frontier's Redis is gone for good: the writer raises it
+                self.results.put(("lost", None, exc))
+                return
             if ticket is None:
                 return
             try:
@@ -161,6 +165,8 @@ class _Pool:
     def _apply(self, result: tuple[Any, ...]) -> None:
         c = self.c
         kind, ticket = result[0], result[1]
+        if kind == "lost":
+            raise result[2]
         host, item = ticket.host, self._item(ticket.entry)
         if kind == "error":
             self.sched.cancel(ticket)
@@ -263,6 +269,8 @@ class _Pool:
         threads = [
             threading.Thread(target=self._worker, name=f"crawl-fetch-{i}", daemon=True) for i in range(self.concurrency)
         ]
+        if self.shared is not None:
+            self.shared.start_renewing()
         for t in threads:
             t.start()
         stopped: str | None = None
@@ -272,9 +280,7 @@ class _Pool:
                 stopped = self._stop_reason()
                 if stopped is not None:
                     break
-                if shared is not None:
-                    if shared.renew_due():
-                        shared.renew()
+                if shared is not None:  # (its leases are renewed by a thread of their own)
                     # Idle here: record what is pending, so its leases end and the other processes, waiting
                     # for every lease before they finish, do not wait for this one's next full segment.
                     # At the end (nothing queued anywhere) at once; before, at most once a second.
@@ -300,6 +306,8 @@ class _Pool:
             self.stop.set()
             for t in threads:
                 t.join(timeout=c.s.timeout_s + 5.0)
+            if self.shared is not None:
+                self.shared.stop_renewing()
         if stopped == "max_pages":
             c._count("stopped_at_max_pages")
         if stopped == "stop":
@@ -309,7 +317,7 @@ class _Pool:
                     result = self.results.get_nowait()
                 except queue.Empty:
                     break
-                if result[0] != "error":
+                if result[0] not in ("error", "lost"):
                     self._apply(result)  # a stored page is kept; what it queues waits in the frontier
         return stopped in ("stop", "max_pages_flag")
 

@@ -27,15 +27,18 @@ Atomicity needs one Redis server (not Redis Cluster: the scripts build their key
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
+import os
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from corpusforge.crawl import redis_lua as lua
@@ -141,8 +144,12 @@ class RedisFrontier:
         base_delay_s: float = 1.0,
         lease_s: float = 30.0,
         retry_s: float = 30.0,
+        clock: Any = time.monotonic,
     ) -> None:
         self.url = url
+        # This process's clock (s), for its own times only (a request's start, a hold): they are turned into
+        # Redis's clock through the offset seen at each take, so processes whose clocks disagree agree.
+        self.clock = clock
         self.client = connect(url, retry_s=retry_s)
         self.prefix = f"cf:{key}:"
         self.rank = rank
@@ -175,7 +182,11 @@ class RedisFrontier:
         self._offset_ms = 0.0  # Redis ms − local monotonic ms, from the last take
         self._last_renew = time.monotonic()
         self._skipped: dict[str, str] = {}
+        self._renewing = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self.lost_tokens: dict[str, str] = {}  # URL → token of a lease lost to expiry (its commit is fenced)
         self._commits = 0
+        self._requests = itertools.count()
         self.lost = 0  # leases found lost at a renewal
         self._stored = (0, -math.inf)  # (pages stored by every process, when read)
         self.last_queued = -1  # URLs queued over all processes, at the last unfinished()
@@ -183,6 +194,10 @@ class RedisFrontier:
     # ------------------------------------------------------------------ helpers
     def _key(self, name: str) -> str:
         return self.prefix + name
+
+    def _rid(self) -> str:
+        """A request id: a script sent again by redis-py's retry replays its first reply (``redis_lua``)."""
+        return f"{self.owner}/{next(self._requests)}"
 
     def _redis_ms(self, monotonic_s: float) -> float:
         return monotonic_s * 1000.0 + self._offset_ms
@@ -236,7 +251,7 @@ class RedisFrontier:
                 args += [url, "", 0, 0, "c"]
             for url in weak:
                 args += [url, "", 0, 0, "w"]
-            res = self._push(args=args)
+            res = self._push(args=args + [self._rid()])
             # Wake the taker only for a host that may start now: a URL queued behind others, or for a host
             # waiting out its delay, changes no wait (waking on each new link made the takers of 4 processes
             # spin on Redis while links were being found).
@@ -259,7 +274,7 @@ class RedisFrontier:
                 return []
             self._skipped[host] = reason
             dropped = list(self.local.pop(host, ()))
-        urls = self._skip(args=[self.prefix, host, reason])
+        urls = self._skip(args=[self.prefix, host, reason, self._rid()])
         return dropped + [Entry(u.decode() if isinstance(u, bytes) else u, 0) for u in urls]
 
     def skipped(self, host: str) -> str | None:
@@ -284,12 +299,12 @@ class RedisFrontier:
             if self._closed or len(self._out) >= self.concurrency:
                 return None, math.inf
             local_hosts = [h for h, q in self.local.items() if q]
-        t0 = time.monotonic()
+        t0 = self.clock()
         r = self._take(
             args=[self.prefix, self.owner, f"{self.lease_ms:.0f}", self.per_host, f"{self.base_delay_ms:.3f}",
-                  len(local_hosts), *local_hosts]
+                  len(local_hosts), *local_hosts, self._rid()]
         )  # fmt: skip
-        t1 = time.monotonic()
+        t1 = self.clock()
         r = [x.decode() if isinstance(x, bytes) else x for x in r]
         kind, now_ms = r[0], float(r[1])
         self._offset_ms = now_ms - (t0 + t1) * 500.0
@@ -395,6 +410,27 @@ class RedisFrontier:
     def renew_due(self) -> bool:
         return time.monotonic() - self._last_renew >= self.renew_every_s
 
+    def start_renewing(self) -> None:
+        """Renew this process's leases and slots every ``lease_s / 3`` from a thread of their own, whatever the
+        writer is doing (it may be fetching inline, or parsing a large page)."""
+
+        def loop() -> None:
+            while not self._renewing.wait(self.renew_every_s):
+                try:
+                    self.renew()
+                except Exception as exc:  # noqa: BLE001 - Redis away for longer than the client retries
+                    log.warning("could not renew the crawl's leases (%s); trying again", exc)
+
+        self._renewing.clear()
+        self._renewer = threading.Thread(target=loop, name="corpusforge-lease-renewal", daemon=True)
+        self._renewer.start()
+
+    def stop_renewing(self) -> None:
+        self._renewing.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=self.renew_every_s + 30)
+            self._renewer = None
+
     def renew(self) -> list[str]:
         """Extend this process's leases and slots; the URLs whose lease was lost meanwhile (fenced later)."""
         self._last_renew = time.monotonic()
@@ -405,6 +441,10 @@ class RedisFrontier:
         for url, token in leases:
             args += [url, token]
         lost = [u.decode() if isinstance(u, bytes) else u for u in self._renew(args=args + slots)]
+        with self._lock:  # not this process's any more: kept only to fence its commit
+            lost = [url for url in lost if url in self.held]  # (others were recorded meanwhile)
+            for url in lost:
+                self.lost_tokens[url] = self.held.pop(url)
         if lost:
             self.lost += len(lost)
             log.warning("%d lease(s) expired before renewal (this process stalled?): they are fenced", len(lost))
@@ -439,6 +479,11 @@ class RedisFrontier:
                 n += int(self._settle_deep(args=[self.prefix, self.rank, *(u.decode() for u in batch)]))
             if cursor == 0:
                 return n
+
+    def crawl_over(self) -> bool:
+        """Nothing queued anywhere and no lease held by any process (after this one's last commit)."""
+        st = self.status()
+        return st["queued"] == 0 and st["leases"] == 0
 
     def status(self) -> dict[str, Any]:
         r = self._status(args=[self.prefix])
@@ -502,7 +547,12 @@ class RedisFrontier:
         self._commits += 1
         commit_id = f"{self.owner}/{self._commits}"
         with self._lock:
-            tokens = [(u, r or "", self.held.get(u, "")) for u, r in done]
+            # A redirect's target is recorded without a lease: if this process also holds the target itself
+            # (taken from the queue), that lease stays until the target's own result is recorded.
+            tokens = [
+                (u, r or "", "" if r == "redirect_target" else self.held.get(u) or self.lost_tokens.get(u, ""))
+                for u, r in done
+            ]
         counts = {k: v for k, v in counters.get("count", {}).items() if k != "stored" and v}
         page_list: list[tuple[str, str]] = []
         args: list[Any] = [
@@ -519,8 +569,10 @@ class RedisFrontier:
             args += list(p)
         res = self._commit(args=args)
         with self._lock:
-            for u, _ in done:
-                self.held.pop(u, None)
+            for u, r in done:
+                if r != "redirect_target":
+                    self.held.pop(u, None)
+                    self.lost_tokens.pop(u, None)
         res = [x.decode() if isinstance(x, bytes) else x for x in res]
         return [] if res == ["="] else res
 
@@ -591,3 +643,20 @@ def frontier_key(config: dict[str, Any]) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def crawl_id(state_dir: Path) -> str:
+    """The id of the crawl kept in ``state_dir/frontier-id``: made by the first task to get here (a link is
+    atomic, also on NFS), read by every other task and every rerun."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "frontier-id"
+    if not path.is_file():
+        tmp = state_dir / f"frontier-id.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        tmp.write_text(uuid.uuid4().hex[:12] + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another task made it first
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path.read_text().strip()

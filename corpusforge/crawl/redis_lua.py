@@ -33,6 +33,38 @@ local function release_slot(slot, per_host)
   refresh(host, per_host)
   return host
 end
+-- Scripts that change state and return it (TAKE, PUSH, SKIP) end with a request id (ARGV[#ARGV]): the reply is
+-- kept 120 s under it, so a call that redis-py sends again after a lost connection gets the same reply
+-- instead of taking a second URL, or of finding its URLs seen and its host skipped by itself.
+local RID = P .. 'rid:' .. ARGV[#ARGV]
+local function replayed()
+  local v = redis.call('GET', RID)
+  if v then return cjson.decode(v) end
+  return nil
+end
+local function remember(out)
+  redis.call('SET', RID, cjson.encode(out), 'EX', 120)
+  return out
+end
+local function lease_back(url, lease, per_host)
+  -- A leased URL no process records (its lease expired, or its process gave it back): to the head of its
+  -- host's queue; or, when the host was skipped meanwhile, recorded as dropped with the skip's reason, counted
+  -- for the lease's owner (queued for a skipped host, it would never be taken and the crawl never end).
+  local f = {}
+  for part in string.gmatch(lease, '[^\t]+') do f[#f + 1] = part end  -- token, owner, depth, tries, host
+  local skipped = redis.call('HGET', P .. 'host:' .. f[5], 'skipped')
+  if skipped then
+    if redis.call('HSETNX', P .. 'done', url, skipped) == 1 then
+      local rank = string.match(f[2], '^(%d+)/') or '0'
+      redis.call('HINCRBY', P .. 'count', 'drop:' .. skipped, 1)
+      redis.call('HINCRBY', P .. 'rcount:' .. rank, 'drop:' .. skipped, 1)
+    end
+    return
+  end
+  redis.call('LPUSH', P .. 'q:' .. f[5], f[3] .. '\t' .. f[4] .. '\t' .. url)
+  redis.call('INCR', P .. 'queued')
+  refresh(f[5], per_host)
+end
 local function reclaim(now, per_host)
   -- Leases and slots of a process that stopped renewing them (it died, or lost Redis for too long).
   local n = 0
@@ -41,13 +73,8 @@ local function reclaim(now, per_host)
     redis.call('ZREM', P .. 'leasez', url)
     redis.call('HDEL', P .. 'lease', url)
     if lease and redis.call('HEXISTS', P .. 'done', url) == 0 then
-      -- token, owner, depth, tries, host
-      local f = {}
-      for part in string.gmatch(lease, '[^\t]+') do f[#f + 1] = part end
-      redis.call('LPUSH', P .. 'q:' .. f[5], f[3] .. '\t' .. f[4] .. '\t' .. url)
-      redis.call('INCR', P .. 'queued')
       redis.call('HINCRBY', P .. 'count', 'count:lease_expired', 1)
-      refresh(f[5], per_host)
+      lease_back(url, lease, per_host)
       n = n + 1
     end
   end
@@ -76,6 +103,8 @@ end
 # gate_no, token, url, depth, tries), 'wait' (ms until the first host may start; -1: none queued anywhere).
 TAKE = r"""
 local owner, lease_ms, per_host, base_delay = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local again = replayed()
+if again then return again end
 local now = now_ms()
 reclaim(now, per_host)
 local soonest = -1
@@ -87,7 +116,7 @@ for i = 1, n_local do
     local at = math.max(hnum(hk, 'next', 0), hnum(hk, 'held', 0))
     if at <= now then
       local slot, gb, gn = acquire(host, now, per_host, base_delay, lease_ms)
-      return {'local', tostring(now), host, slot, tostring(gb), tostring(gn)}
+      return remember({'local', tostring(now), host, slot, tostring(gb), tostring(gn)})
     end
     if soonest < 0 or at - now < soonest then soonest = at - now end
   end
@@ -112,7 +141,7 @@ local depth, tries, url = string.sub(entry, 1, d1 - 1), string.sub(entry, d1 + 1
 local token = tostring(redis.call('INCR', P .. 'fence'))
 redis.call('HSET', P .. 'lease', url, token .. '\t' .. owner .. '\t' .. depth .. '\t' .. tries .. '\t' .. host)
 redis.call('ZADD', P .. 'leasez', now + lease_ms, url)
-return {'shared', tostring(now), host, slot, tostring(gb), tostring(gn), token, url, depth, tries}
+return remember({'shared', tostring(now), host, slot, tostring(gb), tostring(gn), token, url, depth, tries})
 """
 
 # ARGV: P, slot, per_host, base_delay_ms, mode ('end': the next start waits the delay from now; 'start': from
@@ -148,6 +177,8 @@ return 1
 # 'c' a claim: mark seen, queue nothing; 'w' a depth refusal: noted in ``deep``, not seen). Returns per URL: '' queued (claimed), '=' seen already, else the
 # host's skip reason; then the number of hosts that may start a request now and could not before.
 PUSH = r"""
+local again = replayed()
+if again then return again end
 local per_host, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 local touched = {}
@@ -186,7 +217,7 @@ for host, _ in pairs(touched) do
   end
 end
 out[#out + 1] = tostring(became)
-return out
+return remember(out)
 """
 
 # ARGV: P, host, until_ms, per_host
@@ -199,9 +230,11 @@ return 1
 
 # ARGV: P, host, reason. Returns the URLs that were queued for the host (its caller drops them).
 SKIP = r"""
+local again = replayed()
+if again then return again end
 local host = ARGV[2]
 local hk = P .. 'host:' .. host
-if redis.call('HSETNX', hk, 'skipped', ARGV[3]) == 0 then return {} end
+if redis.call('HSETNX', hk, 'skipped', ARGV[3]) == 0 then return remember({}) end
 local urls = {}
 for _, e in ipairs(redis.call('LRANGE', P .. 'q:' .. host, 0, -1)) do
   local d1 = string.find(e, '\t', 1, true)
@@ -211,7 +244,7 @@ end
 redis.call('DEL', P .. 'q:' .. host)
 redis.call('DECRBY', P .. 'queued', #urls)
 redis.call('ZREM', P .. 'ready', host)
-return urls
+return remember(urls)
 """
 
 # ARGV: P, lease_ms, n_leases, n × (url, token), then slots... Returns the URLs whose lease was lost.
@@ -308,13 +341,9 @@ for i = 3, #ARGV, 2 do
   local url, token = ARGV[i], ARGV[i + 1]
   local lease = redis.call('HGET', P .. 'lease', url)
   if lease and string.sub(lease, 1, #token + 1) == token .. '\t' and redis.call('HEXISTS', P .. 'done', url) == 0 then
-    local f = {}
-    for part in string.gmatch(lease, '[^\t]+') do f[#f + 1] = part end
     redis.call('HDEL', P .. 'lease', url)
     redis.call('ZREM', P .. 'leasez', url)
-    redis.call('LPUSH', P .. 'q:' .. f[5], f[3] .. '\t' .. f[4] .. '\t' .. url)
-    redis.call('INCR', P .. 'queued')
-    refresh(f[5], per_host)
+    lease_back(url, lease, per_host)
     n = n + 1
   end
 end

@@ -41,15 +41,43 @@ def open_frontier(crawler: Any, key: str | None) -> Any:
 
 def recover(crawler: Any) -> int:
     """Remove this task's segment files that Redis has no record of (a kill between rename and commit);
-    the number of its next segment."""
-    shared = crawler.shared
+    the number of its next segment.
+
+    A recorded segment whose file is gone but whose filtered copy (``…-x.arrow``, made at the end of an earlier
+    run) is there was replaced by it when Redis lost that update (a crash with ``appendfsync everysec``): the
+    copy is adopted. A recorded segment with neither is an error: this folder is not the crawl Redis knows.
+    """
+    import json as _json
+
+    from corpusforge.storage import file_record
+
+    shared, out_dir = crawler.shared, crawler.ctx.out_dir
     shared.ensure_usable()
-    mine = {s["name"] for s in shared.segments(crawler.rank)}
-    for p in crawler.ctx.out_dir.glob(f"{crawler._seg_prefix()}*.arrow*"):
-        if p.name not in mine:
+    records = {s["name"]: s for s in shared.segments(crawler.rank)}
+    for name in list(records):
+        if (out_dir / name).is_file():
+            continue
+        copy = out_dir / (name.split(".arrow")[0] + "-x.arrow")
+        if not copy.is_file():
+            raise FatalError(
+                f"{out_dir}: Redis ({_safe(shared.url)}, keys {shared.prefix}*) records segment {name}, which is "
+                "not in this folder: the folder is not the crawl's (restore it, or start the crawl afresh "
+                "with another frontier_key)"
+            )
+        rows = read_table(copy, ["url"]).num_rows
+        new = file_record(copy, rows=rows) | {"rank": crawler.rank}
+        pipe = shared.client.pipeline(transaction=True)
+        pipe.hdel(shared._key("segments"), name)
+        pipe.hset(shared._key("segments"), copy.name, _json.dumps(new))
+        pipe.execute()
+        records.pop(name)
+        records[copy.name] = new
+    for p in out_dir.glob(f"{crawler._seg_prefix()}*.arrow*"):
+        if p.name not in records:
             log.info("removing unrecorded segment %s", p.name)
             p.unlink()
-    return len(mine)
+    numbers = [int(n[len(crawler._seg_prefix()) :].split("-")[0].split(".")[0]) for n in records]
+    return max(numbers, default=-1) + 1
 
 
 def _filter_segment(out_dir: Path, frontier: Any, record: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +101,7 @@ def _filter_segment(out_dir: Path, frontier: Any, record: dict[str, Any]) -> dic
 def task_outcome(crawler: Any, partial: bool, seconds: float) -> CrawlOutcome:
     """This task's segments (made exactly-once when the crawl is over) and its counters."""
     shared, out_dir = crawler.shared, crawler.ctx.out_dir
-    if not partial:
+    if not partial and shared.crawl_over():  # not at a max_pages stop: others may still queue such URLs
         shared.settle_depth_refusals()
     files = []
     for rec in shared.segments(crawler.rank):

@@ -35,11 +35,15 @@ class CrawlStage(Stage):
             "redis",
         )
 
-    def frontier_key(self) -> str:
-        from corpusforge.crawl.redis_frontier import frontier_key
+    def frontier_key(self, out_dir: Path) -> str:
+        """The crawl's name in Redis: its config's hash (not the URL: a rotated password or a new address of the
+        same server is the same crawl) and an id kept in its folder, so a fresh folder is a fresh crawl."""
+        from corpusforge.crawl.redis_frontier import crawl_id, frontier_key
 
-        # Not from the URL: a rotated password or a new address of the same server is the same crawl.
-        return self.settings.frontier_key or frontier_key({k: v for k, v in self.config().items() if k != "frontier"})
+        if self.settings.frontier_key:
+            return self.settings.frontier_key
+        base = frontier_key({k: v for k, v in self.config().items() if k != "frontier"})
+        return f"{base}-{crawl_id(out_dir / 'state')}"
 
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in self.settings.to_dict().items() if k not in self.runtime_params}
@@ -113,7 +117,7 @@ class CrawlStage(Stage):
         wanted = inspect.signature(backend_cls).parameters
         extra = {k: getattr(s, k) for k in ("browsers", "concurrency") if k in wanted}
         backend = backend_cls(user_agent=s.user_agent, timeout_s=s.timeout_s, **extra)
-        key = self.frontier_key() if s.frontier is not None else None
+        key = self.frontier_key(ctx.out_dir) if s.frontier is not None else None
         outcome = Crawler(load_spider(s.spider), backend, s, ctx, rank=rank, frontier_key=key).run(pool=run_pool)
         return TaskResult(
             files=outcome.files, steps=[outcome.stats.to_dict()], extra=outcome.extra, partial=outcome.partial
@@ -127,7 +131,7 @@ class CrawlStage(Stage):
         from corpusforge.crawl.redis_frontier import RedisFrontier
         from corpusforge.crawl.shared import finalize
 
-        frontier = RedisFrontier(s.frontier, self.frontier_key())
+        frontier = RedisFrontier(s.frontier, self.frontier_key(ctx.out_dir))
         try:
             return finalize(ctx.out_dir, frontier, [f for r in results for f in r.files])
         finally:

@@ -139,8 +139,10 @@ def run_tasks_ray(
     assert stop_file is not None, "the runner sets the stop file for the Ray executor"
     # Tasks that work together (a shared crawl's crawler processes) must all run at once: they wait for each
     # other at the end. They are I/O-bound, so they ask for a fraction of a CPU each, not a whole one.
-    cpus = 1.0 / max(1, len(pending)) if getattr(stage, "independent_tasks", False) else 1
-    remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False, num_cpus=cpus)(_remote_task)
+    # Spread over the nodes: N crawlers on one node would share one machine's bandwidth.
+    together = getattr(stage, "independent_tasks", False)
+    opts: dict[str, Any] = {"num_cpus": 1.0 / max(1, len(pending)), "scheduling_strategy": "SPREAD"} if together else {}
+    remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False, **({"num_cpus": 1} | opts))(_remote_task)
     stage_ref, ctx_ref = ray.put(stage), ray.put(ctx)
     refs: dict[Any, int] = {remote.remote(stage_ref, ctx_ref, r, str(check), token): r for r in pending}
     stopped_at: float | None = None
