@@ -36,6 +36,7 @@ from corpusforge.crawl.page import (
     _Fetched,
     _Item,
     next_item,
+    page_request,
     read_outcome,
     retry_after_s,
 )
@@ -204,14 +205,12 @@ class Crawler:
     def _refuse_link(self, url: str, reason: str) -> None:
         """A discovered URL not queued. With a shared frontier the first process to see a URL decides for all:
         the refusal is recorded only if Redis had not seen the URL (``crawl.pool`` claims it there), so a page
-        another process queued (found by a shorter path) is never also recorded as refused."""
+        another process queued is never also recorded as refused; one too deep by this path, only if no process
+        queued it by a shorter path before the crawl ended (``RedisFrontier.settle_depth_refusals``)."""
         if self.shared is not None:
             self.link_refusals.append((url, reason))
         else:
             self._drop(url, reason)
-
-    # A depth refusal depends on the path a URL was found by: with a shared frontier it is recorded only if no
-    # process queues the URL by a shorter path before the crawl ends (``crawl.shared.settle_depth_refusals``).
 
     # ------------------------------------------------------------------ fetching
     def _wait_for(self, host: str) -> bool:
@@ -235,20 +234,7 @@ class Crawler:
         return delay
 
     def _request(self, url: str, previous: PageRecord | None = None) -> FetchRequest:
-        # Only our own headers: no credentials, cookies or proxy auth are ever added by the crawler.
-        headers = {"User-Agent": self.s.user_agent, "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"}
-        if previous is not None:
-            if previous.etag:
-                headers["If-None-Match"] = previous.etag
-            if previous.last_modified:
-                headers["If-Modified-Since"] = previous.last_modified
-        return FetchRequest(
-            url,
-            headers=headers,
-            max_bytes=self.s.max_bytes,
-            timeout_s=self.s.timeout_s,
-            max_redirects=self.s.max_redirects,
-        )
+        return page_request(self.s, url, previous)
 
     def _fetch(self, url: str, host: str, delay: float, previous: PageRecord | None = None) -> FetchResponse:
         self.host_next[host] = time.monotonic() + delay

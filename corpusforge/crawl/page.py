@@ -130,3 +130,17 @@ def next_item(queue: deque[_Item], host_next: dict[str, float]) -> _Item:
     item = queue[pick]
     del queue[pick]
     return item
+
+
+def page_request(s: Any, url: str, previous: PageRecord | None = None) -> FetchRequest:
+    """The request for ``url`` under the crawl settings ``s``: conditional when an earlier crawl stored it."""
+    # Only our own headers: no credentials, cookies or proxy auth are ever added by the crawler.
+    headers = {"User-Agent": s.user_agent, "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"}
+    if previous is not None:
+        if previous.etag:
+            headers["If-None-Match"] = previous.etag
+        if previous.last_modified:
+            headers["If-Modified-Since"] = previous.last_modified
+    return FetchRequest(
+        url, headers=headers, max_bytes=s.max_bytes, timeout_s=s.timeout_s, max_redirects=s.max_redirects
+    )

@@ -176,6 +176,6 @@ def finalize(out_dir: Path, frontier: Any, files: list[dict[str, Any]]) -> dict[
 
 
 def _safe(url: str) -> str:
-    from corpusforge.crawl.redis_frontier import safe_url
+    from corpusforge.crawl.redis_conn import safe_url
 
     return safe_url(url)

@@ -38,7 +38,7 @@ class CrawlStage(Stage):
     def frontier_key(self, out_dir: Path) -> str:
         """The crawl's name in Redis: its config's hash (not the URL: a rotated password or a new address of the
         same server is the same crawl) and an id kept in its folder, so a fresh folder is a fresh crawl."""
-        from corpusforge.crawl.redis_frontier import crawl_id, frontier_key
+        from corpusforge.crawl.redis_conn import crawl_id, frontier_key
 
         if self.settings.frontier_key:
             return self.settings.frontier_key
@@ -68,7 +68,7 @@ class CrawlStage(Stage):
                 path=f"{path}.previous",
             )
         if s.frontier is not None:
-            from corpusforge.crawl.redis_frontier import connect, is_redis_url
+            from corpusforge.crawl.redis_conn import connect, is_redis_url
 
             if not is_redis_url(s.frontier):
                 raise ConfigError(
