@@ -50,6 +50,24 @@ in this mode: 120 pages per host, 40 with --quick). Unless ``--only`` says other
 ``requests+lxml`` (one process, SQLite frontier) first, as the baseline, then the Redis runs. Last line:
 ``redis_ratio_to_limit=… violations=… duplicates_in_output=…`` (4 processes, or the largest count run; the
 violations and duplicates summed over the Redis runs).
+
+The mode's peer, after our Redis runs: scrapy-redis (``scrapy-redis-<n>p``, n the largest ``--processes``), n
+separate Scrapy processes (this script with a hidden ``--scrapy-redis-peer``), each a ``RedisSpider`` with its
+``Scheduler`` and ``RFPDupeFilter`` on a fresh redis-server of its own (the same unix socket setup,
+``REDIS_URL = "unix://…"``) and its default queue (``PriorityQueue``; ``--scrapy-redis-queue fifo|lifo`` for
+the others), ``SCHEDULER_PERSIST`` on (off, the first process to close would delete the shared
+queue and seen set under the others), the bare-scrapy peer's rules in each process (DOWNLOAD_DELAY,
+RANDOMIZE_DOWNLOAD_DELAY off, CONCURRENT_REQUESTS_PER_DOMAIN=1, CONCURRENT_REQUESTS = ``--concurrency`` ÷ n,
+ROBOTSTXT_OBEY, Scrapy's default user agent) and its link following (every link, offsite ones dropped by
+``allowed_domains``, no depth limit). The seeds are pushed to ``<name>:start_urls`` before the processes
+start; a RedisSpider never runs out of work by itself, so each closes when idle for
+``MAX_IDLE_TIME_BEFORE_CLOSE`` (``--scrapy-redis-idle``, 2 s; whole seconds, counted by scrapy-redis from
+the last time the process saw its start-URL key non-empty). Its time runs from starting the first process to
+the end of the last, nothing subtracted (a note after the table says how much of it is start-up, the tail
+after the last request and the idle-close wait). Pages: the distinct URLs the processes parsed with status
+200 as HTML; ``duplicates`` there: responses parsed more than once (over all processes); ``refetched``, in
+every row of the mode: URLs (robots.txt aside) requested more than once, from the access log. Line before
+the last: ``scrapy_redis_pages_per_s=… scrapy_redis_violations=… scrapy_redis_refetched=…``.
 """
 
 from __future__ import annotations
@@ -64,7 +82,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -471,12 +489,38 @@ def redis_server_exe() -> str | None:
     return exe
 
 
+def scrapy_rules(delay: float, concurrency: int) -> dict[str, Any]:
+    """The Scrapy settings of both Scrapy peers (bare, and each scrapy-redis process): the per-host delay,
+    one request in flight per domain, ``concurrency`` in all, robots.txt obeyed, Scrapy's own user agent."""
+    return {
+        "DOWNLOAD_DELAY": delay,
+        "RANDOMIZE_DOWNLOAD_DELAY": False,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": 1,
+        "CONCURRENT_REQUESTS": concurrency,
+        "AUTOTHROTTLE_ENABLED": False,
+        "ROBOTSTXT_OBEY": True,
+        "LOG_LEVEL": "WARNING",
+        "TELNETCONSOLE_ENABLED": False,
+    }
+
+
+def follow_links(spider: Any, response: Any, urls: set[str], parsed: dict[str, int]) -> Any:
+    """Both Scrapy peers' parse: count an HTML page with status 200, follow every link on it (the offsite ones
+    are dropped by ``allowed_domains``; no depth limit)."""
+    from scrapy.http import HtmlResponse
+
+    if response.status == 200 and isinstance(response, HtmlResponse):
+        parsed["n"] += 1
+        urls.add(response.url)
+        for href in response.css("a::attr(href)").getall():
+            yield response.follow(href, spider.parse)
+
+
 def scrapy_peer(spec: dict[str, Any]) -> None:
     """The hidden ``--scrapy-peer`` mode: a plain Scrapy spider; prints {"pages", "parsed", "s"} as its last
     line: distinct pages parsed (status 200, HTML), responses parsed, seconds."""
     import scrapy
     from scrapy.crawler import CrawlerProcess
-    from scrapy.http import HtmlResponse
 
     urls: set[str] = set()
     parsed = {"n": 0}
@@ -487,22 +531,9 @@ def scrapy_peer(spec: dict[str, Any]) -> None:
         start_urls = spec["seeds"]
 
         def parse(self, response):  # type: ignore[no-untyped-def]
-            if response.status == 200 and isinstance(response, HtmlResponse):
-                parsed["n"] += 1
-                urls.add(response.url)
-                for href in response.css("a::attr(href)").getall():
-                    yield response.follow(href, self.parse)
+            yield from follow_links(self, response, urls, parsed)
 
-    settings = {
-        "DOWNLOAD_DELAY": spec["delay"],
-        "RANDOMIZE_DOWNLOAD_DELAY": False,
-        "CONCURRENT_REQUESTS_PER_DOMAIN": 1,
-        "CONCURRENT_REQUESTS": spec["concurrency"],
-        "AUTOTHROTTLE_ENABLED": False,
-        "ROBOTSTXT_OBEY": True,
-        "LOG_LEVEL": "WARNING",
-        "TELNETCONSOLE_ENABLED": False,
-    }
+    settings = scrapy_rules(spec["delay"], spec["concurrency"])
     t0 = time.perf_counter()
     p = CrawlerProcess(settings)
     p.crawl(Bare)
@@ -525,13 +556,166 @@ def bare_scrapy(site: Site, *, delay: float, concurrency: int) -> tuple[int, flo
     return int(d["pages"]), float(d["s"]), int(d["parsed"])
 
 
+SCRAPY_REDIS_SPIDER = "hosts"  # its start URLs go to "hosts:start_urls"
+SCRAPY_REDIS_QUEUES = {
+    "priority": "scrapy_redis.queue.PriorityQueue",  # scrapy-redis's default
+    "fifo": "scrapy_redis.queue.FifoQueue",
+    "lifo": "scrapy_redis.queue.LifoQueue",
+}
+
+
+def scrapy_redis_peer(spec: dict[str, Any]) -> None:
+    """The hidden ``--scrapy-redis-peer`` mode: one scrapy-redis process of the peer run; prints as its last
+    line {"urls", "parsed", "s", "closed", "idle_since", "reason", "exited"}: the URLs it parsed (status 200,
+    HTML), responses parsed, seconds around its reactor, and on the monotonic clock (system-wide, as the
+    server's log) when its spider closed, when it last went idle (the first spider_idle after its last
+    response) and when it was about to exit."""
+    from scrapy import signals
+    from scrapy.crawler import CrawlerProcess
+    from scrapy_redis.spiders import RedisSpider
+
+    urls: set[str] = set()
+    parsed = {"n": 0}
+    seen: dict[str, Any] = {"idle_since": None, "closed": None, "reason": None}
+
+    def on_response(**_: Any) -> None:
+        seen["idle_since"] = None
+
+    def on_idle(**_: Any) -> None:
+        if seen["idle_since"] is None:
+            seen["idle_since"] = time.monotonic()
+
+    def on_closed(reason: str, **_: Any) -> None:
+        seen["closed"], seen["reason"] = time.monotonic(), reason
+
+    class Shared(RedisSpider):
+        name = SCRAPY_REDIS_SPIDER
+        allowed_domains = spec["allowed"]
+
+        @classmethod
+        def from_crawler(cls, crawler, *args, **kwargs):  # type: ignore[no-untyped-def]
+            spider = super().from_crawler(crawler, *args, **kwargs)
+            crawler.signals.connect(on_response, signal=signals.response_received)
+            crawler.signals.connect(on_idle, signal=signals.spider_idle)
+            crawler.signals.connect(on_closed, signal=signals.spider_closed)
+            return spider
+
+        def parse(self, response):  # type: ignore[no-untyped-def]
+            yield from follow_links(self, response, urls, parsed)
+
+    settings = scrapy_rules(spec["delay"], spec["concurrency"])
+    settings |= {
+        "SCHEDULER": "scrapy_redis.scheduler.Scheduler",
+        "DUPEFILTER_CLASS": "scrapy_redis.dupefilter.RFPDupeFilter",
+        "SCHEDULER_PERSIST": True,  # off, the first process to close would flush the queue the others share
+        "REDIS_URL": spec["redis_url"],
+        "MAX_IDLE_TIME_BEFORE_CLOSE": spec["max_idle"],
+        "SCHEDULER_QUEUE_CLASS": SCRAPY_REDIS_QUEUES[spec["queue"]],
+    }
+    t0 = time.perf_counter()
+    p = CrawlerProcess(settings)
+    p.crawl(Shared)
+    p.start()
+    s = time.perf_counter() - t0
+    out = {"urls": sorted(urls), "parsed": parsed["n"], "s": s, **seen, "exited": time.monotonic()}
+    print(json.dumps(out), flush=True)
+
+
+@dataclass
+class PeerProcesses:
+    """What the scrapy-redis run's processes reported, besides its Crawl: per process, the monotonic times of
+    its spider going idle for good, closing, and exiting, and its close reason."""
+
+    idle_since: list[float | None] = field(default_factory=list)
+    closed: list[float | None] = field(default_factory=list)
+    exited: list[float] = field(default_factory=list)
+    reasons: list[str | None] = field(default_factory=list)
+    ended: float = 0.0  # monotonic, when the last process had ended
+
+
+def scrapy_redis(
+    site: Site, server: RedisServer, *, delay: float, processes: int, concurrency: int, max_idle: int, queue: str
+) -> tuple[Crawl, PeerProcesses]:
+    """The scrapy-redis peer: seed ``<name>:start_urls`` in ``server``, start ``processes`` Scrapy processes at
+    once, time from starting the first to the end of the last. Pages: the distinct URLs parsed over all of
+    them; duplicates: responses parsed more than once (rows: all responses parsed)."""
+    import redis
+
+    client = redis.Redis.from_url(server.url)
+    try:
+        client.rpush(f"{SCRAPY_REDIS_SPIDER}:start_urls", *(json.dumps({"url": u}) for u in site.seeds))
+    finally:
+        client.close()
+    spec = {
+        "allowed": site.ips,
+        "delay": delay,
+        "concurrency": concurrency,
+        "redis_url": server.url,
+        "max_idle": max_idle,
+        "queue": queue,
+    }
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--scrapy-redis-peer", json.dumps(spec)]
+    with tempfile.TemporaryDirectory(prefix="cf-scrapy-redis-") as tmp:
+        # Files, not pipes: a process whose pipe filled while this one waited on another would be held up.
+        files = [(Path(tmp) / f"{i}.out", Path(tmp) / f"{i}.err") for i in range(processes)]
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            started = time.monotonic()
+            t0 = time.perf_counter()
+            for out_path, err_path in files:
+                with open(out_path, "wb") as out, open(err_path, "wb") as err:
+                    procs.append(subprocess.Popen(cmd, stdout=out, stderr=err))
+            deadline = time.monotonic() + 600
+            for proc in procs:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            dt = time.perf_counter() - t0
+            ended = time.monotonic()
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        reports: list[dict[str, Any]] = []
+        errors: list[str] = []
+        for i, (proc, (out_path, err_path)) in enumerate(zip(procs, files, strict=True)):
+            lines = out_path.read_text(errors="replace").strip().splitlines()
+            if proc.returncode != 0 or not lines:
+                tail = err_path.read_text(errors="replace")[-1500:]
+                errors.append(f"process {i} exited with {proc.returncode}: {tail}")
+                continue
+            reports.append(json.loads(lines[-1]))
+    urls: set[str] = set()
+    for r in reports:
+        urls.update(r["urls"])
+    parsed = sum(int(r["parsed"]) for r in reports)
+    crawl = Crawl(len(urls), dt, started, duplicates=parsed - len(urls), rows=parsed, errors=errors)
+    info = PeerProcesses(ended=ended)
+    for r in reports:
+        info.idle_since.append(r["idle_since"])
+        info.closed.append(r["closed"])
+        info.exited.append(float(r["exited"]))
+        info.reasons.append(r["reason"])
+    crawl.errors += [f"a process closed with reason {r!r}" for r in info.reasons if r != "finished"]
+    return crawl, info
+
+
+def refetched(log: list[LogEntry]) -> tuple[int, int, int]:
+    """From an access log, robots.txt aside: URLs requested more than once, the requests beyond the first to
+    them, and how many of those URLs are an index (``/``)."""
+    counts = Counter((host, path) for host, path, *_ in log if path != "/robots.txt")
+    again = [(key, c) for key, c in counts.items() if c > 1]
+    return len(again), sum(c - 1 for _, c in again), sum(1 for (_, path), _ in again if path == "/")
+
+
 def unavailable(run: str) -> str | None:
     """Why ``run`` cannot run here, or None."""
     import importlib.util
 
     if run == "langchain" and importlib.util.find_spec("langchain_community") is None:
         return "langchain_community is not importable"
-    if run == "redis":
+    if run == "scrapy-redis" and importlib.util.find_spec("scrapy_redis") is None:
+        return "scrapy-redis is not installed (pip install 'corpusforge[bench]')"
+    if run in ("redis", "scrapy-redis"):
         if importlib.util.find_spec("redis") is None:
             return "the redis client is not installed (pip install 'corpusforge[redis]')"
         if redis_server_exe() is None:
@@ -628,8 +812,21 @@ def main() -> None:
         help="fetch threads per process of the Redis runs: split (--concurrency ÷ processes) or a number; "
         "comma-separated to run each process count with each (split,64)",
     )
+    p.add_argument(
+        "--scrapy-redis-idle",
+        type=int,
+        default=2,
+        help="MAX_IDLE_TIME_BEFORE_CLOSE of the scrapy-redis run, whole seconds (2)",
+    )
+    p.add_argument(
+        "--scrapy-redis-queue",
+        choices=tuple(SCRAPY_REDIS_QUEUES),
+        default="priority",
+        help="SCHEDULER_QUEUE_CLASS of the scrapy-redis run: priority (its default, a sorted set), fifo or lifo",
+    )
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--scrapy-peer", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--scrapy-redis-peer", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
 
     redis_mode = args.frontier == "redis"
@@ -649,6 +846,9 @@ def main() -> None:
         return
     if args.scrapy_peer is not None:
         scrapy_peer(json.loads(args.scrapy_peer))
+        return
+    if args.scrapy_redis_peer is not None:
+        scrapy_redis_peer(json.loads(args.scrapy_redis_peer))
         return
     sel_hosts = args.selenium_hosts or (4 if args.quick else 8)
     sel_pages = args.selenium_pages or (4 if args.quick else args.pages or 40)  # not the Redis mode's 120
@@ -680,6 +880,14 @@ def main() -> None:
             for c in dict.fromkeys(threads):
                 redis_labels.append(f"redis-{n}p-c{c}")
                 plan.append((redis_labels[-1], "redis", n, c))
+        if args.scrapy_redis_idle < 1:
+            sys.exit("--scrapy-redis-idle must be 1 or more (0 is scrapy-redis's 'never close')")
+        # The peer: scrapy-redis with the largest process count, its per-process concurrency split.
+        peer_procs = max(counts)
+        peer_label = f"scrapy-redis-{peer_procs}p" + (
+            "" if args.scrapy_redis_queue == "priority" else "-" + args.scrapy_redis_queue
+        )
+        plan.append((peer_label, "scrapy-redis", peer_procs, max(1, conc // peer_procs)))
     rows: list[dict[str, Any]] = []
     checks: list[str] = []
     offenders: list[str] = []
@@ -687,6 +895,8 @@ def main() -> None:
     pps: dict[str, float] = {}
     total_violations = 0
     redis_violations = redis_duplicates = 0
+    peer_notes: list[str] = []
+    peer_figures: dict[str, Any] = {}
     site = Site(hosts, pages, args.latency)
     try:
         for label, kind, procs, threads in plan:
@@ -697,10 +907,11 @@ def main() -> None:
             target, note = site, ""
             crawl: Crawl | None = None
             server: RedisServer | None = None
+            peer: PeerProcesses | None = None
             if kind == "selenium":
                 target = Site(sel_hosts, sel_pages, args.latency)
             try:
-                if kind == "redis":
+                if kind in ("redis", "scrapy-redis"):
                     server = RedisServer()
                     server.start()  # a fresh server: an empty frontier
                 target.dump()  # start from an empty log
@@ -717,6 +928,17 @@ def main() -> None:
                     crawl = ours(
                         "requests+lxml", target, delay=delay, concurrency=threads, frontier=server.url, tasks=procs
                     )
+                elif kind == "scrapy-redis":
+                    assert server is not None
+                    crawl, peer = scrapy_redis(
+                        target,
+                        server,
+                        delay=delay,
+                        processes=procs,
+                        concurrency=threads,
+                        max_idle=args.scrapy_redis_idle,
+                        queue=args.scrapy_redis_queue,
+                    )
                 else:
                     crawl = ours(kind, target, delay=delay, concurrency=conc)
                 log = target.dump()
@@ -725,7 +947,12 @@ def main() -> None:
                     if crawl is not None:
                         import redis
 
-                        info = redis.Redis.from_url(server.url).info("memory")
+                        db = redis.Redis.from_url(server.url)
+                        # What the crawl keeps: not the replies kept 120 s for scripts re-sent after a lost
+                        # connection (bounded by the request rate, not the crawl's size; they expire).
+                        for key in db.scan_iter(match="cf:*:rid:*", count=1000):
+                            db.delete(key)
+                        info = db.info("memory")
                         crawl.redis_bytes = int(info["used_memory"]) - int(info.get("used_memory_startup", 0))
                     server.stop()
                 if target is not site:
@@ -755,6 +982,8 @@ def main() -> None:
                 row["startup_s"] = f"{up:.2f}" if up is not None else "-"
                 row["ratio_after_startup"] = f"{n / (s - up) / limit:.3f}" if up is not None and s > up else "-"
                 row["duplicates"] = "-" if crawl is None or crawl.duplicates is None else crawl.duplicates
+                again, extra, indexes = refetched(log)
+                row["refetched"] = again
                 if t:
                     nan = float("nan")
                     tail = t["tail_s"] if t["tail_s"] is not None else nan
@@ -780,6 +1009,44 @@ def main() -> None:
                         f"; output {crawl.rows} rows, {crawl.duplicates} URL(s) stored twice (the manifest's "
                         f"duplicates_in_output: {crawl.manifest_duplicates})"
                     )
+            if redis_mode:
+                note += f"; {again} URL(s) requested more than once ({extra} extra requests, {indexes} of them indexes)"
+            if kind == "scrapy-redis" and crawl is not None and peer is not None:
+                note += (
+                    f"; {crawl.rows} responses parsed over the processes, {crawl.duplicates} more than once "
+                    "(its start URLs skip the dupefilter)"
+                )
+                peer_figures = {"pps": pps[label], "violations": pol["violations"], "refetched": again}
+                last_end = max((e[3] for e in log), default=None)
+                # Per process: (closed, idle-close wait), for those that reported both.
+                ends = [
+                    (c, c - i)
+                    for i, c in zip(peer.idle_since, peer.closed, strict=True)
+                    if i is not None and c is not None
+                ]
+                closes = [c for c in peer.closed if c is not None]
+                parts = [
+                    f"{label}: {s:.2f} s from starting the first process to the end of the last, nothing subtracted"
+                ]
+                if up is not None:
+                    parts.append(f"{up:.2f} s to the first request (starting {procs} interpreters, importing Scrapy)")
+                if last_end is not None:
+                    parts.append(f"{peer.ended - last_end:.2f} s after the last request ended")
+                if ends:
+                    last_closed, last_wait = max(ends)
+                    parts.append(
+                        f"of which the idle-close wait (from the last process to close going idle for good to its "
+                        f"spider closing, MAX_IDLE_TIME_BEFORE_CLOSE={args.scrapy_redis_idle}) {last_wait:.2f} s "
+                        f"(per process: {', '.join(f'{w:.2f}' for _, w in ends)} s), then "
+                        f"{peer.ended - last_closed:.2f} s to the end of the last process"
+                    )
+                first_close = min(closes) if closes else None
+                if first_close is not None and last_end is not None:
+                    parts.append(
+                        f"first process closed {first_close - crawl.started:.2f} s after the start "
+                        f"({last_end - first_close:+.2f} s before the last request ended)"
+                    )
+                peer_notes.append("; ".join(parts))
             if crawl is not None and crawl.errors:
                 note += "; " + "; ".join(crawl.errors)
             expected = seq_pages if kind == "sequential" else target.total
@@ -799,8 +1066,13 @@ def main() -> None:
         f"per-host delay {delay} s, 1 in flight per host, concurrency {conc} (limit = hosts ÷ delay)"
     )
     if redis_mode:
-        title += "; redis-<n>p-c<t>: n crawler processes sharing a Redis frontier, t fetch threads each"
+        title += (
+            "; redis-<n>p-c<t>: n crawler processes sharing a Redis frontier, t fetch threads each; "
+            "scrapy-redis-<n>p: n Scrapy processes sharing scrapy-redis's queue and dupefilter"
+        )
     print_table(rows, title=title)
+    for line in peer_notes:
+        print(f"note: {line}")
     print("\npages check:\n  " + "\n  ".join(checks))
     if timings:
         print("timing, from the access log:\n  " + "\n  ".join(timings))
@@ -819,6 +1091,11 @@ def main() -> None:
                 f"goal ({pick}): ≥ 0.9 of the limit and 0 violations: ratio {ratio}, {redis_violations} "
                 f"violation(s) over the Redis runs: {'met' if met else 'NOT met'}"
             )
+        print_keyvals(
+            scrapy_redis_pages_per_s=f"{peer_figures['pps']:.1f}" if peer_figures else "-",
+            scrapy_redis_violations=peer_figures.get("violations", "-"),
+            scrapy_redis_refetched=peer_figures.get("refetched", "-"),
+        )
         print_keyvals(redis_ratio_to_limit=ratio, violations=redis_violations, duplicates_in_output=redis_duplicates)
         return
     lxml, bare = pps.get("requests+lxml"), pps.get("bare-scrapy")
