@@ -42,9 +42,13 @@ class Spans:
         def handler(h):
             t = time.monotonic()
             time.sleep(sleep_s)
-            h.reply(*html(body))
+            # The end is taken before the reply goes out: the client cannot start its next request before
+            # it has this reply, so a next start is always after this end. Taken after the reply, a server
+            # thread descheduled between the write and the clock read made one request look like two at once.
+            end = time.monotonic()
             with self.lock:
-                self.by_host.setdefault(host, []).append((t, time.monotonic()))
+                self.by_host.setdefault(host, []).append((t, end))
+            h.reply(*html(body))
 
         return handler
 

@@ -425,8 +425,8 @@ def test_three_hosts_keep_their_own_delay_and_do_not_stall_each_other(tmp_path, 
         def handler(h):
             t = time.monotonic()
             time.sleep(0.05)
+            spans.setdefault(host, []).append((t, time.monotonic()))  # before the reply: see test_concurrent
             h.reply(*html("<p>a page</p>"))
-            spans.setdefault(host, []).append((t, time.monotonic()))
 
         return handler
 

@@ -51,9 +51,10 @@ class Log:
         def handler(h):
             t = time.monotonic()
             time.sleep(sleep_s)
-            h.reply(200, {"Content-Type": ctype}, body)
+            end = time.monotonic()  # before the reply: a next request cannot start before the client has it
             with self.lock:
-                self.hits.append((host, h.path, t, time.monotonic()))
+                self.hits.append((host, h.path, t, end))
+            h.reply(200, {"Content-Type": ctype}, body)
 
         return handler
 
