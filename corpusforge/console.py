@@ -1,15 +1,14 @@
 """What the CLI shows: logging set-up, progress (bars on a terminal, plain lines otherwise), summary tables.
 
-On a terminal, progress is a Rich bar per stage. When stdout is not a TTY (cron, systemd, CI) there are no
-control characters: plain, timestamped log lines, and a heartbeat line every ``heartbeat_s`` seconds
-(``CORPUSFORGE_HEARTBEAT_S``, default 30).
+On a terminal, progress is a Rich bar per stage, with the running task's own progress line beside it
+(``corpusforge.progress``). When stdout is not a TTY (cron, systemd, CI) there are no control characters:
+plain, timestamped log lines (those progress lines among them), and a heartbeat line every ``heartbeat_s``
+seconds (``CORPUSFORGE_HEARTBEAT_S``, default 30).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 import sys
 import threading
 import time
@@ -18,6 +17,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from corpusforge.progress import LOGGER as PROGRESS_LOGGER
+from corpusforge.progress import LiveHandler, heartbeat_s
 from corpusforge.redact import RedactingFilter, redact_text
 from corpusforge.stats import merge_dropped
 
@@ -52,32 +53,72 @@ def console() -> Console:
     return Console(force_terminal=None, no_color=not is_tty(), highlight=False, soft_wrap=True)
 
 
-class BarReporter:
-    """Rich progress bars, one per stage (terminal only)."""
+class _BarLine(LiveHandler):
+    """Shows each ``corpusforge.progress`` record as the live line of the running stage's bar."""
 
-    def __init__(self) -> None:
+    def __init__(self, bars: BarReporter) -> None:
+        super().__init__(logging.INFO)
+        self.bars = bars
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.bars.live_line(record.getMessage())
+        except Exception:  # noqa: BLE001 - a progress line must never fail the work it reports on
+            self.handleError(record)
+
+
+class BarReporter:
+    """Rich progress bars, one per stage (terminal only). While a stage runs, its latest progress line
+    (``corpusforge.progress``: pages/s, documents/s, iteration and loss) is shown beside its bar in place,
+    instead of scrolling as log lines."""
+
+    def __init__(self, console: Console | None = None) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[live]}"),
+            transient=False,
+            console=console,
         )
         self.tasks: dict[str, Any] = {}
+        self.current: str | None = None
+        self._handler = _BarLine(self)
+        self._logger = logging.getLogger(PROGRESS_LOGGER)
+        self._saved: tuple[bool, int] = (True, logging.NOTSET)
 
     def __enter__(self) -> BarReporter:
         self.progress.start()
+        self._saved = (self._logger.propagate, self._logger.level)
+        self._logger.addHandler(self._handler)
+        self._logger.propagate = False  # shown in the bar, not printed as well
+        self._logger.setLevel(logging.INFO)
         return self
 
     def __exit__(self, *_: Any) -> None:
+        self._logger.removeHandler(self._handler)
+        self._logger.propagate, level = self._saved
+        self._logger.setLevel(level)
         self.progress.stop()
 
+    def live_line(self, text: str) -> None:
+        if self.current in self.tasks:
+            self.progress.update(self.tasks[self.current], live=text)
+
     def stage_start(self, name: str, tasks: int, done: int) -> None:
-        self.tasks[name] = self.progress.add_task(f"{name:<18}", total=tasks, completed=done)
+        self.tasks[name] = self.progress.add_task(f"{name:<18}", total=tasks, completed=done, live="")
+        self.current = name
 
     def task_done(self, name: str, rank: int) -> None:
         self.progress.advance(self.tasks[name])
 
     def stage_end(self, name: str, status: str) -> None:
-        self.progress.update(self.tasks[name], description=f"{name:<18} {status}")
+        # The live line goes: a stage's last progress line (83% of the iterations, say) is not its end state.
+        self.progress.update(self.tasks[name], description=f"{name:<18} {status}", live="")
+        self.current = None
 
 
 class LineReporter:
@@ -115,25 +156,6 @@ class LineReporter:
     def stage_end(self, name: str, status: str) -> None:
         self.current = None
         log.info("stage %s: %s", name, status)
-
-
-HEARTBEAT_ENV = "CORPUSFORGE_HEARTBEAT_S"
-
-
-def heartbeat_s() -> float:
-    """Seconds between heartbeat lines off a terminal: ``CORPUSFORGE_HEARTBEAT_S`` if set, else 30."""
-    from corpusforge.errors import ConfigError
-
-    raw = os.environ.get(HEARTBEAT_ENV, "").strip()
-    if not raw:
-        return 30.0
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"expected a positive number of seconds, got {raw!r}", path=HEARTBEAT_ENV)
-    return value
 
 
 def reporter() -> BarReporter | LineReporter:

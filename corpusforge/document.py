@@ -39,7 +39,10 @@ class Document:
     final_url: str | None = None
     status: int | None = None
     backend: str | None = None
-    robots: str | None = None  # e.g. "allowed", "allowed;noai"
+    robots: str | None = None  # e.g. "allowed", "allowed;noimageai"
+    # The opt-out signals checked for a crawled page and what each said (``crawl.consent``); None for
+    # documents not crawled (local files, dumps): their origin's terms are the user's to record.
+    consent: dict[str, Any] | None = None
     html: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -60,6 +63,7 @@ class Document:
             "status": self.status,
             "backend": self.backend,
             "robots": self.robots,
+            "consent": None if self.consent is None else json.dumps(self.consent, sort_keys=True),
             "html": self.html,
             "metadata": json.dumps(self.metadata, sort_keys=True, ensure_ascii=False),
         }
@@ -77,6 +81,7 @@ class Document:
             status=row.get("status"),
             backend=row.get("backend"),
             robots=row.get("robots"),
+            consent=json.loads(row["consent"]) if row.get("consent") else None,
             html=row.get("html"),
             metadata=json.loads(meta) if meta else {},
         )

@@ -31,7 +31,7 @@ from corpusforge.objstore import InputFile, is_remote, local_inputs, remote_inpu
 from corpusforge.params import Min
 from corpusforge.stage import Stage, StageContext, TaskResult
 from corpusforge.stats import StepStats
-from corpusforge.storage import MANIFEST, ShardWriter
+from corpusforge.storage import MANIFEST, ShardWriter, current_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,15 @@ class ShardsInputStage(Stage):
         self.path = path
 
     def external_dir(self) -> Path:
-        return Path(self.path).resolve()
+        """The folder, or for a re-crawled crawl folder its current snapshot (``storage.current_snapshot``)."""
+        return current_snapshot(Path(self.path)).resolve()
+
+    def config(self) -> dict[str, Any]:
+        # A snapshot's identity is the set of pages it reads: a newer snapshot that reads other pages is a new
+        # input (the later stages are rebuilt), one that changed nothing is the same (they are skipped).
+        manifest = self.external_dir() / MANIFEST
+        view = json.loads(manifest.read_text()).get("snapshot", {}).get("view") if manifest.is_file() else None
+        return {"snapshot": view} if view else {}
 
     def validate(self, path: str) -> None:
         if not (Path(self.path) / MANIFEST).is_file():

@@ -57,6 +57,8 @@ def make_plan(recipe: Recipe) -> list[PlanEntry]:
         top = cls(**spec.params)
         top.name, top.input = spec.name, spec.input
         home = top.external_dir() if hasattr(top, "external_dir") else recipe.workdir / spec.name
+        if hasattr(top, "snapshot_dir"):  # a crawl folder holds its snapshots: the one this run writes or resumes
+            home = top.snapshot_dir(home)
         in_dir = final_dir.get(spec.input) if spec.input else None
         in_hash = final_hash.get(spec.input, "") if spec.input else ""
         subs = top.expand()

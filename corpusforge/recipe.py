@@ -72,6 +72,7 @@ class Recipe:
     source: str | None = None
     executor: str = "local"  # "local" (processes on this machine) or "ray"
     ray_address: str | None = None  # None: start a local Ray instance; "auto" or "ray://host:port": join one
+    license: str = "unknown"  # the data's license, for the run's data card (a Hugging Face license id)
 
     def stage_config(self, spec: StageSpec) -> dict[str, Any]:
         return {"kind": spec.kind, "input": spec.input, "params": spec.params}
@@ -91,6 +92,7 @@ TOP_KEYS = {
     "executor": str,
     "ray_address": str,
     "description": str,
+    "license": str,
     "stages": list,
     "corpusforge_version": str,
     "fingerprint": str,
@@ -165,6 +167,13 @@ def validate_recipe(raw: dict[str, Any], *, source: str | None = None, base_dir:
         executor = raw.get("executor", "local")
         if executor not in EXECUTORS:
             raise ConfigError(f"unknown executor {executor!r}; one of: {', '.join(EXECUTORS)}", path="executor")
+        license_id = raw.get("license", "unknown").lower()  # the Hub's ids are SPDX ids in lower case
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license_id):
+            raise ConfigError(
+                f"{raw['license']!r} is not a license id: use a Hugging Face id such as cc-by-4.0, apache-2.0, "
+                "odc-by, other or unknown",
+                path="license",
+            )
         stages_raw = raw.get("stages")
         if not stages_raw:
             raise ConfigError("a recipe needs at least one [[stages]] entry", path="stages")
@@ -217,6 +226,7 @@ def validate_recipe(raw: dict[str, Any], *, source: str | None = None, base_dir:
         source=source,
         executor=executor,
         ray_address=raw.get("ray_address"),
+        license=license_id,
     )
 
 

@@ -10,7 +10,8 @@ Batch-job guarantees:
   hash matches) is skipped whole — rerunning a completed job changes no file;
 - an existing stage folder made with a different config is refused (``ConfigError``) unless ``force``,
   which rebuilds that stage and every later one;
-- the stage manifest is written last, from the completion markers.
+- the stage manifest is written last, from the completion markers;
+- the run's data card (``corpusforge.card``) is rewritten at the end of every run.
 
 The runner alone holds the lock and writes stage files and manifests; the executor
 (``corpusforge.executors.local``) runs the tasks, and the error type decides what happens to a failed one
@@ -162,7 +163,7 @@ class Runner:
         if first_changed is None:
             return
         e = self.plan[first_changed]
-        if not self.force:
+        if not self.force and not self._reads_new_snapshot(e, old):
             before, now = old.get("config") or {}, e.stage.config()
             if (
                 "inputs" in now
@@ -188,6 +189,16 @@ class Runner:
             if not later.external and later.out_dir.exists():
                 log.warning("--force: removing %s", later.out_dir)
                 shutil.rmtree(later.out_dir)
+
+    def _reads_new_snapshot(self, e: PlanEntry, old: dict[str, Any]) -> bool:
+        """Whether only ``e``'s input moved on, to a newer snapshot of a re-crawled folder (``crawl/snapshot.py``),
+        with ``e``'s own config as it ran: a scheduled re-crawl, so ``e`` and every later stage are rebuilt."""
+        src = [p for p in self.plan if p.home == e.in_dir]
+        now = json.loads(json.dumps(redact(e.stage.config() or e.spec.params), default=str))
+        if not src or "snapshot" not in src[-1].stage.config() or old.get("config") != now:
+            return False
+        log.info("stage %s reads a new snapshot of its input (%s): rebuilding it and what follows", e.name, e.in_dir)
+        return True
 
     def write_resolved_recipe(self) -> None:
         import corpusforge
@@ -321,15 +332,34 @@ class Runner:
             self.check_configs()
             self.write_resolved_recipe()
             if self.executor != "ray":
-                return self._run_stages()
-            from corpusforge.executors.ray import ray_session
+                result = self._run_stages()
+            else:
+                from corpusforge.executors.ray import ray_session
 
-            clear_stop_file(self.stop_file)
-            try:
-                with ray_session(self.ray_address, self.workers):
-                    return self._run_stages()
-            finally:
                 clear_stop_file(self.stop_file)
+                try:
+                    with ray_session(self.ray_address, self.workers):
+                        result = self._run_stages()
+                finally:
+                    clear_stop_file(self.stop_file)
+            self.write_card(result)
+            return result
+
+    def write_card(self, result: RunResult) -> None:
+        """The run's data card (``<workdir>/README.md``, ``card.json``, ``card/``), after every run that ends,
+        partial or failed too. A card that cannot be made (a shard it cannot read) is logged, not fatal."""
+        from corpusforge.card import write_run_card
+
+        try:
+            write_run_card(self.recipe, result)
+        except FatalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the stages' outputs stand; a card that cannot be made is loud
+            for name in ("README.md", "card.json"):  # no stale card describing an earlier run
+                (self.recipe.workdir / name).unlink(missing_ok=True)
+            log.error(
+                "the data card was not written (%s: %s); the stages' outputs are complete", type(exc).__name__, exc
+            )
 
     def _run_stages(self) -> RunResult:
         outcomes: list[StageOutcome] = []

@@ -34,6 +34,7 @@ from corpusforge.errors import FatalError, LockedError, ShardError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+SNAPSHOTS = "snapshots"  # a re-crawled folder's later snapshots
 TMP_SUFFIX = ".tmp"
 
 DOC_SCHEMA = pa.schema(
@@ -47,6 +48,7 @@ DOC_SCHEMA = pa.schema(
         ("status", pa.int32()),
         ("backend", pa.string()),
         ("robots", pa.string()),
+        ("consent", pa.string()),
         ("html", pa.large_string()),
         ("metadata", pa.large_string()),
     ]
@@ -440,8 +442,35 @@ def iter_batches(path: Path, *, verify: bool = True) -> Iterator[pa.RecordBatch]
     listed = listed_entry(path)
     if listed is None:
         yield from _raw_batches(path)
+    elif "carried_from" in listed[1]:
+        yield from _carried_batches(listed[0], listed[1], verify=verify)
     else:
         yield from read_listed(listed[0], listed[1], verify=verify)
+
+
+def _carried_batches(folder: Path, entry: dict[str, Any], *, verify: bool) -> Iterator[pa.RecordBatch]:
+    """The rows a snapshot carries forward by reference (``crawl/snapshot.py``): ``entry`` is a references file
+    (url, id, row) into one file of an earlier snapshot, ``carried_from``, which must still be the file it
+    referenced (its sha256) and is checked against its own manifest as it is read."""
+    import numpy as np
+
+    refs = [b.column("row").to_numpy() for b in read_listed(folder, entry, verify=verify)]
+    rows = np.sort(np.concatenate(refs)) if refs else np.zeros(0, dtype=np.int64)
+    target = Path(os.path.normpath(Path(folder) / entry["carried_from"]))
+    listed = listed_entry(target)
+    if listed is None or listed[1]["sha256"] != entry["carried_sha256"]:
+        raise ShardError(
+            f"{folder / entry['name']}: carries rows of {target}, which is missing or no longer the file it "
+            "referenced (sha256 differs); restore the earlier snapshot or re-crawl into a fresh folder"
+        )
+    offset = 0
+    for batch in read_listed(listed[0], listed[1], verify=verify):
+        lo, hi = np.searchsorted(rows, [offset, offset + batch.num_rows])
+        if hi > lo:
+            yield batch.take(pa.array(rows[lo:hi] - offset))
+        offset += batch.num_rows
+    if rows.size and rows[-1] >= offset:
+        raise ShardError(f"{folder / entry['name']}: references row {rows[-1]} of {target}, which has {offset}")
 
 
 def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -499,9 +528,18 @@ def load_manifest(folder: Path) -> dict[str, Any]:
         raise ShardError(f"{path}: not valid JSON ({exc})") from exc
 
 
+def current_snapshot(folder: Path) -> Path:
+    """The newest finished snapshot of ``folder``: a re-crawled folder holds its later snapshots as finished
+    folders of their own, ``snapshots/00001/`` … (``crawl/snapshot.py``); the folder itself is the first."""
+    done = [p for p in sorted((Path(folder) / SNAPSHOTS).glob("[0-9]" * 5)) if (p / MANIFEST).is_file()]
+    return done[-1] if done else Path(folder)
+
+
 def manifest_paths(folder: Path) -> list[Path]:
-    """The shard paths a finished folder lists, in manifest order."""
-    return [Path(folder) / f["name"] for f in load_manifest(folder)["files"]]
+    """The shard paths a finished folder lists, in manifest order (a re-crawled folder's: its current
+    snapshot's, whose references files read as the rows they carry)."""
+    folder = current_snapshot(folder)
+    return [folder / f["name"] for f in load_manifest(folder)["files"]]
 
 
 def count_rows(path: Path) -> int:
@@ -536,6 +574,11 @@ def validate_folder(folder: Path, *, deep: bool = True) -> list[str]:
             continue
         if not f["name"].endswith(".arrow"):
             continue  # tokenizer files, checkpoints: size and sha256 are the check
+        if "carried_from" in f:  # a snapshot's references: the file they point into must be the same file
+            target = listed_entry(Path(os.path.normpath(folder / f["carried_from"])))
+            if target is None or target[1]["sha256"] != f["carried_sha256"]:
+                problems.append(f"{path}: carries rows of {f['carried_from']}, which is missing or altered")
+                continue
         try:
             rows = count_rows(path)
         except ShardError as exc:

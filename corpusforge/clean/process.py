@@ -6,15 +6,28 @@ Input files are assigned to tasks by position (file ``i`` → task ``i % tasks``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from corpusforge.document import Document
 from corpusforge.errors import Interrupted
 from corpusforge.params import Min
+from corpusforge.progress import Progress
 from corpusforge.recipe import build_step
 from corpusforge.stage import Stage, StageContext, TaskResult
 from corpusforge.step import Step, chain
-from corpusforge.storage import ShardWriter, iter_documents
+from corpusforge.storage import ShardWriter, iter_documents, load_manifest
+
+
+def _listed_rows(ctx: StageContext, files: list[Path]) -> int | None:
+    """The documents ``files`` hold, from the input's manifest (None when it lists no row counts)."""
+    if ctx.in_dir is None:
+        return None
+    rows = {(ctx.in_dir / f["name"]).as_posix(): f.get("rows") for f in load_manifest(ctx.in_dir)["files"]}
+    counts = [rows.get(p.as_posix()) for p in files]
+    known = [c for c in counts if isinstance(c, int)]
+    return sum(known) if known and len(known) == len(counts) else None
 
 
 class ProcessStage(Stage):
@@ -67,14 +80,25 @@ class ProcessStage(Stage):
             for s in steps:
                 s.on_reject = on_reject
         writer = ShardWriter(ctx.out_dir, f"{rank:05d}", max_bytes=self.max_shard_bytes)
+        # Documents read so far, for the progress line (its total: the rows the input manifest lists).
+        read = [0]
+
+        def counted(docs: Iterator[Document]) -> Iterator[Document]:
+            for d in docs:
+                read[0] += 1
+                yield d
+
+        what = ctx.stage_name if self.tasks == 1 else f"{ctx.stage_name} task {rank}"
+        progress = Progress(what, unit="documents", total=_listed_rows(ctx, files))
         try:
-            for n, doc in enumerate(chain(steps, iter_documents(files), rank, self.tasks), start=1):
+            for n, doc in enumerate(chain(steps, counted(iter_documents(files)), rank, self.tasks), start=1):
                 ctx.fault_at(n)
                 if n % 256 == 0 and ctx.stop_requested():
                     raise Interrupted(f"stage {ctx.stage_name} task {rank} stopped; rerun to continue")
                 if self.drop_html:
                     doc.html = None
                 writer.write(doc)
+                progress.update(read[0], extra=f"{n:,} kept")
             out = writer.close()
             rej = rejected.close() if rejected else []
         except BaseException:

@@ -6,18 +6,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from corpusforge.errors import ConfigError, CorpusforgeError, DivergedError
 from corpusforge.redact import redact_text
 
 T = TypeVar("T")
 
+
+def _untyped_flags(params: Iterable[Any]) -> None:
+    """An on/off flag takes no value: an empty metavar keeps Typer's help from printing ``<bool>`` beside it.
+    (Duck-typed: Typer's parameters derive from the click it bundles, not from an installed ``click``.)"""
+    for p in params:
+        if (getattr(p, "is_flag", False) or getattr(p, "count", False)) and p.metavar is None:
+            p.metavar = ""
+
+
+class _Group(TyperGroup):
+    """The command group, with help that shows no value type on flags (``--force``, not ``--force <bool>``)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        _untyped_flags(params)
+        return params
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            _untyped_flags([*cmd.params, *filter(None, [cmd.get_help_option(ctx)])])
+        return cmd
+
+
 app = typer.Typer(
+    cls=_Group,
     name="corpusforge",
     help="Web pages → cleaned, deduplicated corpus → tokenizer → Arrow token shards → a small GPT.",
     no_args_is_help=True,
@@ -25,7 +51,10 @@ app = typer.Typer(
     add_completion=False,
 )
 
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe field: a.b[0].c=value (repeatable)")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe field: a.b[0].c=value (repeatable)"),
+]
 WorkdirOpt = Annotated[Path | None, typer.Option("--workdir", help="Work folder (default: the recipe's workdir)")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Rebuild stages whose config changed")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", min=1, help="Worker processes")]

@@ -128,6 +128,12 @@ def crawl(
     tasks: Annotated[
         int | None, typer.Option(min=1, max=256, help="Crawler processes sharing --frontier (default 1)")
     ] = None,
+    recrawl: Annotated[
+        bool,
+        typer.Option(
+            "--recrawl", help="Make a new snapshot of the crawl in --workdir: changed pages, the rest by reference"
+        ),
+    ] = False,
     workdir: WorkdirOpt = None,
     set_: SetOpt = None,
     force: ForceOpt = False,
@@ -151,7 +157,7 @@ def crawl(
             "stages": [{"kind": "crawl", "spider": str(spider), "backend": backend}],
         }
         limits: dict[str, Any] = {"concurrency": concurrency, "per_host_concurrency": per_host_concurrency}
-        limits |= {"browsers": browsers, "frontier": frontier, "tasks": tasks}
+        limits |= {"browsers": browsers, "frontier": frontier, "tasks": tasks, "recrawl": recrawl or None}
         raw["stages"][0].update({k: v for k, v in limits.items() if v is not None})
         raw["workdir"] = str(workdir or Path("runs") / spider.stem)
         for o in set_ or []:

@@ -25,9 +25,10 @@ def _finished_stage(folder: Path, what: str) -> Path:
 @app.command("export-nanogpt")
 def export_nanogpt_cmd(
     tokens_dir: Annotated[Path, typer.Argument(help="A tokens stage folder (with manifest.json)")],
-    out_dir: Annotated[Path, typer.Argument(help="Where train.bin, val.bin and meta.json go")],
+    out_dir: Annotated[Path, typer.Argument(help="Where train.bin, val.bin, meta.pkl and meta.json go")],
 ) -> None:
-    """Write nanoGPT's train.bin/val.bin (flat uint16 little-endian) and meta.json from token shards."""
+    """Write nanoGPT's train.bin/val.bin (flat uint16 little-endian), meta.pkl (what its train.py reads
+    vocab_size from) and meta.json from token shards."""
     from corpusforge.tokens.read import export_nanogpt
 
     def go() -> int:
@@ -67,14 +68,47 @@ def tokenizer_report_cmd(
 @app.command("token-lineage")
 def token_lineage_cmd(
     tokens_dir: Annotated[Path, typer.Argument(help="A tokens stage folder")],
-    position: Annotated[int, typer.Argument(min=0, help="Token index in the split's stream")],
-    split: Annotated[str, typer.Option(help="train or val")] = "train",
+    position: Annotated[
+        int | None, typer.Argument(min=0, help="Token index in the split's stream (or give --url, or --file/--row)")
+    ] = None,
+    split: Annotated[str, typer.Option(help="The split POSITION indexes: train or val")] = "train",
+    url: Annotated[
+        str | None, typer.Option("--url", help="Reverse lookup: every token range of this URL, in every split")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="A token shard (train/data-….arrow, or its path); with --row")
+    ] = None,
+    row: Annotated[int | None, typer.Option("--row", min=0, help="A row of --file (one document)")] = None,
 ) -> None:
-    """Which document (id, URL, fetch time, token range) a token of the stream came from."""
-    from corpusforge.tokens.read import document_at
+    """Which document (id, URL, fetch time, token range) a token of the stream came from; or, with --url,
+    where a URL's tokens are; or, with --file/--row, the token range of one row of a shard (JSON)."""
+    from corpusforge.tokens.read import document_at, document_in_file, ranges_of_url
 
     def go() -> int:
-        typer.echo(json.dumps(document_at(_finished_stage(tokens_dir, "tokens"), position, split), sort_keys=True))
+        folder = _finished_stage(tokens_dir, "tokens")
+        asked = [
+            name for name, given in (("POSITION", position), ("--url", url), ("--file", file)) if given is not None
+        ]
+        if len(asked) != 1:
+            raise ConfigError(
+                "name one document: POSITION, or --url URL, or --file F --row N"
+                + (f" (not {' and '.join(asked)} together)" if asked else ""),
+                path="POSITION",
+            )
+        if (file is None) != (row is None):
+            raise ConfigError("--file and --row go together: --file F --row N", path="--row")
+        if url is not None:
+            hits = ranges_of_url(folder, url)
+            if not hits:
+                raise ConfigError(f"no document of {url!r} in {folder}", path="--url")
+            out: object = hits
+        elif file is not None:
+            assert row is not None
+            out = document_in_file(folder, file, row)
+        else:
+            assert position is not None
+            out = document_at(folder, position, split)
+        typer.echo(json.dumps(out, sort_keys=True))
         return ExitCode.DONE
 
     raise typer.Exit(guarded(go))

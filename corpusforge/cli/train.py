@@ -2,22 +2,59 @@
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 
 from corpusforge.cli.app import app, guarded
 from corpusforge.errors import ExitCode
+from corpusforge.params import Max, Min
+from corpusforge.train.config import NONE_MEANS, TrainConfig  # torch-free
 
 
-@app.command()
+def _describe(tp: Any) -> str:
+    """A type hint in words: ``int, 1 to 96``, ``learned|sinusoidal``, ``float >= 0``."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *marks = typing.get_args(tp)
+        lo = next((m.value for m in marks if isinstance(m, Min)), None)
+        hi = next((m.value for m in marks if isinstance(m, Max)), None)
+        bounds = f"{lo:g} to {hi:g}" if lo is not None and hi is not None else ""
+        bounds = bounds or (f">= {lo:g}" if lo is not None else f"<= {hi:g}" if hi is not None else "")
+        return _describe(base) + (f", {bounds}" if bounds else "")
+    if origin is Literal:
+        return "|".join(str(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
+    return {bool: "true|false"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def train_parameters_help() -> str:
+    """One line per ``TrainConfig`` field: name = default, then its type and bounds (the help's epilog)."""
+    hints = typing.get_type_hints(TrainConfig, include_extras=True)
+    lines = []
+    for f in dataclasses.fields(TrainConfig):
+        default = NONE_MEANS.get(f.name, "none") if f.default is None else f.default
+        shown = str(default).lower() if isinstance(default, bool) else default
+        lines.append(f"  {f.name} = {shown}   ({_describe(hints[f.name])})")
+    head = "Training parameters (--set KEY=VALUE, or KEY = VALUE lines in the --config TOML file), with defaults:"
+    return head + "\n\n\b\n" + "\n".join(lines)  # \b: click keeps these lines as they are
+
+
+@app.command(epilog=train_parameters_help())
 def train(
     tokens: Annotated[Path, typer.Argument(help="A tokens folder (runs/x/tokens) with manifest.json")],
     out: Annotated[Path, typer.Option("--out", help="Output folder: checkpoints, metrics.jsonl, loss.png")],
     config: Annotated[Path | None, typer.Option("--config", help="A TOML file of training parameters")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a parameter: key=value")] = None,
-    max_iters: Annotated[int | None, typer.Option(min=1)] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="Set a training parameter (listed below); repeatable"),
+    ] = None,
+    max_iters: Annotated[int | None, typer.Option(min=1, help="Shorthand for --set max_iters=N")] = None,
     force: Annotated[
         bool,
         typer.Option(
@@ -33,7 +70,6 @@ def train(
     from corpusforge.params import parse_value, validate_kwargs
     from corpusforge.runner import stop_on_signals
     from corpusforge.stage import STOP
-    from corpusforge.train.config import TrainConfig  # torch-free: --set is checked before torch loads
 
     def go() -> int:
         require("torch", "train")

@@ -27,8 +27,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urljoin
 
+from corpusforge.crawl.consent import NO_TDM, ConsentPolicy, PageSignals
 from corpusforge.crawl.frontier import Frontier, PageRecord, previous_pages
-from corpusforge.crawl.html import charset_of, decode_html, optouts, sitemap_locs, visible_text_chars
+from corpusforge.crawl.html import decode_html, sitemap_locs, visible_text_chars
 from corpusforge.crawl.page import (
     CrawlOutcome,
     FetchRequest,
@@ -36,6 +37,7 @@ from corpusforge.crawl.page import (
     _Fetched,
     _Item,
     next_item,
+    page_document,
     page_request,
     read_outcome,
     retry_after_s,
@@ -45,7 +47,6 @@ from corpusforge.crawl.robots import RobotsCache
 from corpusforge.crawl.settings import CrawlSettings
 from corpusforge.crawl.spider import SavedPage, Spider
 from corpusforge.crawl.urls import canonicalize, domain_allowed, host_key, scheme_ok, trap_reason
-from corpusforge.document import Document, stable_id, utc_now_iso
 from corpusforge.redact import redact_text
 from corpusforge.stage import StageContext
 from corpusforge.storage import ShardWriter
@@ -54,7 +55,6 @@ log = logging.getLogger(__name__)
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 XML_TYPES = ("application/xml", "text/xml")
-KEPT_HEADERS = ("content-type", "content-language", "last-modified", "etag", "x-robots-tag")
 # Transient failures: retried with exponential backoff until the retry budget is spent.
 RETRYABLE_ERRORS = ("timeout", "data_loss", "connection_error", "browser_crashed")
 RETRYABLE_STATUS = (429, 500, 502, 503, 504)
@@ -90,11 +90,14 @@ class Crawler:
             self.frontier = Frontier(ctx.out_dir / "state")
         self.parser = getattr(backend, "parser", "lxml")
         self.previous = previous_pages(settings.previous)
+        self.consent = ConsentPolicy.from_settings(settings)
         self.robots = RobotsCache(
             backend,
             agent_token=settings.agent_token,
             user_agent=settings.user_agent,
             timeout_s=min(10.0, settings.timeout_s),
+            ai_agents=self.consent.agents,
+            tdmrep=settings.ai_optout,
         )
         self.robots.shared = self.shared
         self.host_next: dict[str, float] = {}
@@ -112,7 +115,7 @@ class Crawler:
         self.writer: ShardWriter | None = None
         self.in_segment = 0
         # Set by the pool: renders go back to the fetch threads instead of running in this thread.
-        self.render_later: Callable[[_Item, _Fetched, list[str], str], None] | None = None
+        self.render_later: Callable[[_Item, _Fetched, PageSignals, str], None] | None = None
 
     # ------------------------------------------------------------------ state
     def _seg_prefix(self) -> str:
@@ -296,6 +299,9 @@ class Crawler:
         rules = self.robots.rules(host)
         if not rules.allowed(url, self.s.agent_token):
             return ("robots_disallowed" if rules.status == "ok" else "robots_unavailable"), 0.0
+        optout = self.consent.site_refusal(url, rules, self.robots.tdm_cached(host) or NO_TDM)
+        if optout is not None:
+            return optout, 0.0
         delay = self._host_delay(host)
         if delay is None:
             return "crawl_delay_too_long", 0.0
@@ -321,6 +327,13 @@ class Crawler:
             # robots.txt was a request to the host: its next one waits the delay, counted from the response's
             # end (its start is not seen here, and the host must never see a shorter gap).
             self.host_next[host] = max(self.host_next.get(host, 0.0), time.monotonic() + (delay or 0.0))
+        if reason is None and self.robots.tdm_cached(host) is None:  # tdmrep.json: a request of its own
+            if not self._wait_for(host):
+                self.queue.appendleft(item)
+                return None
+            self.robots.tdm_rules(host)
+            self.host_next[host] = time.monotonic() + (delay or 0.0)
+            reason, delay = self._gate_decision(url, host)
         if reason is not None:
             self._refuse(item, host, reason)
             return None
@@ -398,7 +411,7 @@ class Crawler:
             self._drop(item.url, "content_type")
             return
         html = decode_html(resp.body, resp.headers.get("content-type", ""))
-        flags = optouts(resp.headers, html)
+        flags = self.consent.page(resp.headers, html)
         if self._opted_out(item, flags):
             return
         digest = hashlib.sha1(resp.body).hexdigest()
@@ -419,14 +432,14 @@ class Crawler:
             self._admit(loc, item.depth + 1)
         return True
 
-    def _opted_out(self, item: _Item, flags: list[str]) -> bool:
-        """Drop a page whose robots header or meta tag says ``noai`` or ``noindex`` (when honoured)."""
-        if not self.s.honour_noai or not ("noai" in flags or "noindex" in flags):
-            return False
-        self._drop(item.url, "optout_noai" if "noai" in flags else "optout_noindex")
-        return True
+    def _opted_out(self, item: _Item, flags: PageSignals) -> bool:
+        """Drop a page that opts out itself (robots directives, TDMRep; ``crawl.consent``)."""
+        reason = self.consent.page_refusal(flags)
+        if reason is not None:
+            self._drop(item.url, reason)
+        return reason is not None
 
-    def _on_html(self, item: _Item, f: _Fetched, html: str, flags: list[str], digest: str) -> None:
+    def _on_html(self, item: _Item, f: _Fetched, html: str, flags: PageSignals, digest: str) -> None:
         """Render the page if the backend asks to, then store it and queue its links.
 
         With ``render_later`` set (the pool), the render is handed back to the fetch threads as a request of
@@ -454,7 +467,7 @@ class Crawler:
             self._keep(item, f, got[0], got[1], digest, rendered=True)
 
     def _keep(
-        self, item: _Item, f: _Fetched, html: str, flags: list[str], digest: str, *, rendered: bool = False
+        self, item: _Item, f: _Fetched, html: str, flags: PageSignals, digest: str, *, rendered: bool = False
     ) -> None:
         """Store the page and queue its links."""
         links: list[str] = []
@@ -466,7 +479,7 @@ class Crawler:
         for link in links:
             self._admit(link, item.depth + 1)
 
-    def _rendered(self, item: _Item, f: _Fetched, r: FetchResponse, flags: list[str]) -> tuple[str, list[str]] | None:
+    def _rendered(self, item: _Item, f: _Fetched, r: FetchResponse, flags: PageSignals) -> tuple[str, Any] | None:
         """The rendered page's HTML and its opt-outs with the rendered page's added; None when it ends here."""
         self._count("renders")
         if r.error:
@@ -480,7 +493,7 @@ class Crawler:
             self._drop(item.url, "offsite_redirect")  # the page's scripts navigated away
             return None
         html = r.rendered_html or ""
-        flags = sorted(set(flags) | set(optouts({}, html)))
+        flags = flags.merge(self.consent.page({}, html))
         if self._opted_out(item, flags):
             return None
         return html, flags
@@ -493,31 +506,18 @@ class Crawler:
             self._admit(link, item.depth + 1)
 
     def _store(
-        self, item: _Item, final_url: str, resp: FetchResponse, html: str, flags: list[str], *, rendered: bool = False
+        self, item: _Item, final_url: str, resp: FetchResponse, html: str, flags: PageSignals, *, rendered: bool = False
     ) -> None:
         if self.writer is None:
             self.writer = ShardWriter(self.ctx.out_dir, f"{self._seg_prefix()}{self.segment_no:05d}", max_bytes=1 << 40)
-        headers = {k: v for k, v in resp.headers.items() if k in KEPT_HEADERS}
-        meta: dict[str, Any] = {"headers": headers, "depth": item.depth, "bytes": len(resp.body)}
-        charset = charset_of(resp.headers.get("content-type", ""))
-        if charset:
-            meta["charset"] = charset
-        if rendered:
-            meta["rendered"] = True
-        if self.spider.selectors:
-            meta["selectors"] = self.spider.selectors
-        doc = Document(
-            id=stable_id(item.url),
-            url=item.url,
-            final_url=final_url,
-            status=resp.status,
-            fetched_at=utc_now_iso(),
-            backend=self.s.backend,  # the registry name, e.g. "requests+lxml"
-            robots=";".join(["allowed", *flags]),
-            html=html,
-            source=self.spider.name,
-            metadata=meta,
+        host = host_key(final_url)
+        consent = self.consent.record(final_url, self.robots.rules(host), self.robots.tdm_cached(host) or NO_TDM, flags)
+        doc = page_document(
+            item.url, final_url, resp, html, depth=item.depth, rendered=rendered, backend=self.s.backend
         )
+        doc.robots, doc.consent, doc.source = ";".join(["allowed", *sorted(flags.mine)]), consent, self.spider.name
+        if self.spider.selectors:
+            doc.metadata["selectors"] = self.spider.selectors
         self.writer.write(doc)
         self.pending_done.append((item.url, None))
         self._count("stored")

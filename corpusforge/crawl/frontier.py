@@ -83,6 +83,17 @@ class Frontier:
         rows = self.db.execute("SELECT url, etag, last_modified, sha1, links FROM pages").fetchall()
         return {u: PageRecord(e, lm, h, json.loads(links)) for u, e, lm, h, links in rows}
 
+    def outcomes(self) -> Iterator[tuple[str, str, str | None]]:
+        """Every URL with its state (queued | done) and why it is done (None: stored)."""
+        yield from self.db.execute("SELECT url, state, reason FROM urls ORDER BY id")
+
+    def page_depths(self) -> list[tuple[str, int]]:
+        """The URLs of the pages this crawl holds (``pages``), with the depth each was found at, in the order
+        they were found: what a re-crawl visits again (``crawl/snapshot.py``)."""
+        return self.db.execute(
+            "SELECT u.url, u.depth FROM urls u JOIN pages p ON p.url = u.url ORDER BY u.id"
+        ).fetchall()
+
     def is_empty(self) -> bool:
         return self.db.execute("SELECT COUNT(*) FROM urls").fetchone()[0] == 0
 

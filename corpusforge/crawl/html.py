@@ -64,17 +64,3 @@ def sitemap_locs(body: bytes) -> list[str] | None:
     if root is None or lxml.etree.QName(root).localname not in ("urlset", "sitemapindex"):
         return None
     return [str(t).strip() for t in root.xpath("//*[local-name()='loc']/text()") if str(t).strip()]
-
-
-def optouts(headers: dict[str, str], html: str) -> list[str]:
-    flags = set()
-    xrt = headers.get("x-robots-tag", "").lower()
-    for token in ("noai", "noimageai", "noindex"):
-        if token in xrt:
-            flags.add(token)
-    for m in re.finditer(r"<meta[^>]+name=[\"']?robots[\"']?[^>]*>", html[:20000], re.I):
-        tag = m.group(0).lower()
-        for token in ("noai", "noindex"):
-            if token in tag:
-                flags.add(token)
-    return sorted(flags)

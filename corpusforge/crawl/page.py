@@ -9,8 +9,21 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from corpusforge.crawl.frontier import Frontier, PageRecord
+from corpusforge.crawl.html import charset_of
 from corpusforge.crawl.urls import host_key
+from corpusforge.document import Document, stable_id, utc_now_iso
 from corpusforge.stats import StepStats
+
+# Response headers kept in a stored page's metadata (validators for re-crawls, the opt-out signals).
+KEPT_HEADERS = (
+    "content-type",
+    "content-language",
+    "last-modified",
+    "etag",
+    "x-robots-tag",
+    "tdm-reservation",
+    "tdm-policy",
+)
 
 
 @dataclass
@@ -143,4 +156,27 @@ def page_request(s: Any, url: str, previous: PageRecord | None = None) -> FetchR
             headers["If-Modified-Since"] = previous.last_modified
     return FetchRequest(
         url, headers=headers, max_bytes=s.max_bytes, timeout_s=s.timeout_s, max_redirects=s.max_redirects
+    )
+
+
+def page_document(
+    url: str, final_url: str, resp: FetchResponse, html: str, *, depth: int, rendered: bool, backend: str
+) -> Document:
+    """The stored record of a fetched page (the crawler adds robots, consent, source)."""
+    headers = {k: v for k, v in resp.headers.items() if k in KEPT_HEADERS}
+    meta: dict[str, Any] = {"headers": headers, "depth": depth, "bytes": len(resp.body)}
+    charset = charset_of(resp.headers.get("content-type", ""))
+    if charset:
+        meta["charset"] = charset
+    if rendered:
+        meta["rendered"] = True
+    return Document(
+        id=stable_id(url),
+        url=url,
+        final_url=final_url,
+        status=resp.status,
+        fetched_at=utc_now_iso(),
+        backend=backend,  # the registry name, e.g. "requests+lxml"
+        html=html,
+        metadata=meta,
     )

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from corpusforge.crawl.consent import PageSignals
 from corpusforge.crawl.crawler import REDIRECT_STATUS, Crawler
 from corpusforge.crawl.page import _Fetched, _Item
 from corpusforge.crawl.progress import Sample
@@ -27,7 +28,7 @@ class _Render:
 
     item: _Item
     fetched: _Fetched
-    flags: list[str]
+    flags: PageSignals
     digest: str
 
 
@@ -108,6 +109,14 @@ class _Pool:
                     c.robots.rules(host)  # this ticket's request: the URL itself waits for the next one
                     return ("robots", ticket, time.monotonic())
             return ("robots", ticket, ticket.started_at)  # fetched by another thread meanwhile: ask again
+        if c.robots.tdm_cached(host) is None and c.robots.rules(host).allowed(ticket.url, c.s.agent_token):
+            with self.robots_lock:  # the host's tdmrep.json: a request of its own, like robots.txt
+                lock = self.robots_busy.setdefault(host, threading.Lock())
+            with lock:
+                if c.robots.tdm_cached(host) is None:
+                    c.robots.tdm_rules(host)
+                    return ("robots", ticket, time.monotonic())
+            return ("robots", ticket, ticket.started_at)
         hop = ticket.entry.data
         if isinstance(hop, _Render):  # robots and the host's rules were checked on its static fetch
             return ("rendered", ticket, c.backend.render(c._request(ticket.url)))
@@ -145,7 +154,7 @@ class _Pool:
             if reason is not None:
                 c._drop(it.url, reason)
 
-    def _render_later(self, item: _Item, f: _Fetched, flags: list[str], digest: str) -> None:
+    def _render_later(self, item: _Item, f: _Fetched, flags: PageSignals, digest: str) -> None:
         """The crawler's hook: a page to render goes ahead of its host's queue, behind the host's delay."""
         self.render_queued = True
         reason = self.sched.push(f.url, item.depth, item.tries, front=True, data=_Render(item, f, flags, digest))

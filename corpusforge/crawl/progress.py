@@ -2,41 +2,25 @@
 
 The crawl is one task of one stage, so the runner's per-task bar would sit at 0/1 for the whole crawl. The
 writer thread calls ``CrawlProgress.tick`` as it goes; every ``interval_s`` a plain log line is written
-(``CORPUSFORGE_PROGRESS_S``; default 5 s on a terminal, else the heartbeat interval, 30 s), so cron and
-systemd logs get periodic lines with no control characters. The rate is over the last interval; the ETA is
+(``corpusforge.progress.progress_interval_s``: ``CORPUSFORGE_PROGRESS_S``; default 1 s under a terminal's
+live bar, where the line is the bar's description, else the heartbeat interval, 30 s), so cron and systemd
+logs get periodic lines with no control characters. The rate is over the last interval; the ETA is
 shown when a page bound (``--max-pages`` or ``max_pages``) gives the crawl an end to count down to.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-log = logging.getLogger("corpusforge.crawl")
+from corpusforge.progress import PROGRESS_ENV, format_eta, progress_interval_s
 
-PROGRESS_ENV = "CORPUSFORGE_PROGRESS_S"
+# A child of corpusforge.progress: under a terminal's live bar, the line becomes the crawl's bar description.
+log = logging.getLogger("corpusforge.progress.crawl")
 
-
-def progress_interval_s() -> float:
-    """Seconds between progress lines: ``CORPUSFORGE_PROGRESS_S``, else 5 on a terminal and the heartbeat
-    interval otherwise."""
-    from corpusforge.console import heartbeat_s, is_tty
-    from corpusforge.errors import ConfigError
-
-    raw = os.environ.get(PROGRESS_ENV, "").strip()
-    if not raw:
-        return 5.0 if is_tty() else heartbeat_s()
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"expected a positive number of seconds, got {raw!r}", path=PROGRESS_ENV)
-    return value
+__all__ = ["PROGRESS_ENV", "CrawlProgress", "Sample", "format_eta", "progress_interval_s"]
 
 
 @dataclass
@@ -48,13 +32,6 @@ class Sample:
     in_flight: int = 0
     hosts_active: int = 0
     hosts_waiting: int = 0
-
-
-def format_eta(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 class CrawlProgress:

@@ -9,17 +9,21 @@ Our group is chosen here, by the exact product token (RFC 9309 §2.2.1: case-ins
 it, merged; else the ``*`` groups; else none), and only its rules go to Protego: Protego alone would take a
 group named ``corpus`` for ``corpusforge`` (it matches a group's name as a prefix of the token).
 
-Also records ``Crawl-delay`` for our token and whether our AI-training token is disallowed (``noai``).
+Also records ``Crawl-delay`` for our token, and the groups that name a known AI-training agent
+(``crawl/ai_agents.toml``): the AI-training opt-out policy (``crawl.consent``) honours a URL disallowed for
+any of them. The host's ``/.well-known/tdmrep.json`` (TDMRep) is read and cached here too, as a request of
+its own.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
 
+from corpusforge.crawl.consent import NO_TDM, TDM_KEY, TDM_MAX_BYTES, TdmRules, parse_tdmrep
 from corpusforge.crawl.page import FetchRequest
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,13 @@ NOT_IN_GROUPS = ("sitemap",)  # lines that belong to the file, not to a group
 
 def rules_for(text: str, token: str) -> str:
     """The rules of ``text`` that apply to the product ``token``, as one ``User-agent: *`` group."""
-    token = token.lower()
+    groups = parse_groups(text)
+    mine = groups.get(token.lower(), groups.get("*", []))
+    return "\n".join(["User-agent: *", *mine]) + "\n"
+
+
+def parse_groups(text: str) -> dict[str, list[str]]:
+    """Every group's rules by lower-cased product token (``*`` included), groups naming a token merged."""
     groups: dict[str, list[str]] = {}
     agents: list[str] = []
     in_rules = False  # a user-agent line after rules starts a new group; consecutive ones share a group
@@ -55,8 +65,7 @@ def rules_for(text: str, token: str) -> str:
             in_rules = True
             for agent in agents:
                 groups[agent].append(f"{key}: {value}")
-    mine = groups.get(token, groups.get("*", []))
-    return "\n".join(["User-agent: *", *mine]) + "\n"
+    return groups
 
 
 @dataclass
@@ -64,6 +73,12 @@ class RobotsRules:
     status: str  # "ok", "missing" (4xx), "unavailable" (5xx/unreachable → disallow all)
     parser: object | None = None
     crawl_delay_s: float | None = None
+    # The AI-training agents this robots.txt has a group of its own for, and each one's parser.
+    ai_parsers: dict[str, Any] = field(default_factory=dict)
+
+    def ai_disallowing(self, url: str) -> list[str]:
+        """The AI-training agents whose own group disallows ``url`` (their tokens, lower case)."""
+        return [agent for agent, p in self.ai_parsers.items() if not p.can_fetch(url, agent)]
 
     def allowed(self, url: str, agent: str) -> bool:
         if self.status == "missing":
@@ -83,8 +98,13 @@ class RobotsCache:
         max_bytes: int = 512 * 1024,
         timeout_s: float = 10.0,
         max_redirects: int = 5,
+        ai_agents: tuple[str, ...] = (),
+        tdmrep: bool = False,
     ) -> None:
         self.backend = backend
+        self.ai_agents = tuple(a.lower() for a in ai_agents if a.lower() != agent_token.lower())
+        self.tdmrep = tdmrep  # whether /.well-known/tdmrep.json is read (the AI-training opt-out policy)
+        self._tdm: dict[str, TdmRules] = {}
         self.agent_token = agent_token
         self.user_agent = user_agent
         self.max_bytes = max_bytes
@@ -121,8 +141,57 @@ class RobotsCache:
             return RobotsRules(status)
         import protego
 
-        parser = protego.Protego.parse(rules_for(text, self.agent_token))
-        return RobotsRules("ok", parser, parser.crawl_delay(self.agent_token))
+        groups = parse_groups(text)
+        mine = "\n".join(["User-agent: *", *groups.get(self.agent_token.lower(), groups.get("*", []))]) + "\n"
+        parser = protego.Protego.parse(mine)
+        ai = {
+            a: protego.Protego.parse("\n".join(["User-agent: *", *groups[a]]) + "\n")
+            for a in self.ai_agents
+            if a in groups
+        }
+        return RobotsRules("ok", parser, parser.crawl_delay(self.agent_token), ai)
+
+    # ------------------------------------------------------------------ TDMRep
+    def tdm_cached(self, host: str) -> TdmRules | None:
+        """The host's tdmrep.json rules if read (by any process of the crawl); a placeholder when not asked for."""
+        if not self.tdmrep:
+            return NO_TDM
+        got = self._tdm.get(host)
+        if got is None and self.shared is not None:
+            record = self.shared.robots_get(host + TDM_KEY)
+            if record is not None:
+                got = self._tdm[host] = parse_tdmrep(record["status"], record.get("text"), host)
+        return got
+
+    def tdm_rules(self, host: str) -> TdmRules:
+        """The host's ``/.well-known/tdmrep.json`` rules (fetched once per crawl: a request to the host)."""
+        got = self.tdm_cached(host)
+        if got is None:
+            status, text = self._get_small(f"{host}/.well-known/tdmrep.json", TDM_MAX_BYTES)
+            got = self._tdm[host] = parse_tdmrep(status, text, host)
+            if self.shared is not None:
+                self.shared.robots_put(host + TDM_KEY, {"status": status, "text": text}, None)
+        return got
+
+    def _get_small(self, url: str, max_bytes: int) -> tuple[str, str | None]:
+        """("ok", text) for a 2xx (redirects followed), ("missing", None) for a 4xx, else ("unavailable", None)."""
+        for _ in range(self.max_redirects + 1):
+            resp = self.backend.fetch(  # type: ignore[attr-defined]
+                FetchRequest(
+                    url, headers={"User-Agent": self.user_agent}, max_bytes=max_bytes, timeout_s=self.timeout_s
+                )
+            )
+            if resp.error:
+                return "unavailable", None
+            if resp.status in (301, 302, 303, 307, 308) and "location" in resp.headers:
+                url = urljoin(url, resp.headers["location"])
+                if not url.startswith(("http://", "https://")):
+                    return "unavailable", None
+                continue
+            if 200 <= resp.status < 300:
+                return "ok", resp.body.decode("utf-8", errors="replace")
+            return ("missing" if 400 <= resp.status < 500 else "unavailable"), None
+        return "unavailable", None
 
     def _fetch(self, host: str) -> tuple[RobotsRules, str | None]:
         """The host's rules and, when it served a robots.txt, its text."""

@@ -23,6 +23,7 @@ class CrawlSettings:
     ``backend="auto"`` fetches statically and renders in headless Chromium only pages whose static HTML has
     fewer than ``min_text_chars`` characters of visible text. ``previous`` names an earlier crawl's folder: a
     scheduled re-crawl sends conditional requests (ETag / Last-Modified) and stores only pages that changed.
+    ``recrawl`` does that in the same folder: each run makes a new, complete snapshot of the crawl.
     ``max_pages`` ends the crawl normally after that many stored pages; the CLI's ``--max-pages`` instead
     stops it as "partial", resumable.
     """
@@ -44,9 +45,18 @@ class CrawlSettings:
     max_url_length: Annotated[int, Min(64)] = 2048
     max_repeated_segments: Annotated[int, Min(1)] = 3
     segment_pages: Annotated[int, Min(1)] = 100  # pages per segment file, i.e. per frontier transaction
-    honour_noai: bool = True
+    # The AI-training opt-out policy (``crawl.consent``): robots.txt groups of known AI-training agents
+    # (``crawl/ai_agents.toml``, plus ``ai_agents`` and an ``ai_agents_file`` of the same shape), TDMRep
+    # (header, meta, ``/.well-known/tdmrep.json``) and ``noai``; ``honour_noindex`` drops ``noindex`` pages.
+    ai_optout: bool = True
+    ai_agents: list[str] | None = None
+    ai_agents_file: str | None = None
+    honour_noindex: bool = True
     min_text_chars: Annotated[int, Min(0)] = 200
     previous: str | None = None
+    # A new snapshot of the crawl folder on each run (``crawl/snapshot.py``): changed and new pages stored,
+    # unchanged ones carried forward by reference, deleted ones (404/410) tombstoned.
+    recrawl: bool = False
     # Fetches in flight over all hosts (a pool of fetch threads over a scheduler of hosts; 1: the sequential
     # loop), requests in flight per host, and headless Chromiums for the rendering backends (selenium, auto).
     # A spider's [politeness] may lower the first two. None changes which pages are stored: runtime settings.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,10 +19,15 @@ class CrawlStage(Stage):
     schema: ClassVar[type | None] = CrawlSettings
     # How many fetches run at once changes the speed and the order pages are stored in, never which pages
     # are stored or how politely: a crawl may resume with another concurrency.
-    runtime_params: ClassVar[frozenset[str]] = frozenset({"concurrency", "per_host_concurrency", "browsers", "lease_s"})
+    # ``recrawl`` chooses which snapshot of the folder this run writes (``crawl/snapshot.py``), not what a crawl
+    # stores: the snapshot's name is in the config instead.
+    runtime_params: ClassVar[frozenset[str]] = frozenset(
+        {"concurrency", "per_host_concurrency", "browsers", "lease_s", "recrawl"}
+    )
 
     def __init__(self, **params: Any) -> None:
         self.settings = CrawlSettings(**params)
+        self.snapshot: Any = None  # set by the planner (``snapshot_dir``)
         # With a Redis frontier the tasks are crawler processes that work together, all at once, each in a
         # process of its own: one that dies must not take the others with it (see executors.local).
         self.independent_tasks = self.settings.frontier is not None and self.settings.tasks > 1
@@ -45,8 +51,19 @@ class CrawlStage(Stage):
         base = frontier_key({k: v for k, v in self.config().items() if k != "frontier"})
         return f"{base}-{crawl_id(out_dir / 'state')}"
 
+    def snapshot_dir(self, home: Path) -> Path:
+        """The planner's hook: the folder this run crawls into, ``home`` or one of its snapshots (a re-crawl's
+        new one, or an unfinished one to resume)."""
+        from corpusforge.crawl.snapshot import resolve
+
+        self.snapshot = resolve(home, recrawl=self.settings.recrawl)
+        return Path(self.snapshot.folder)
+
     def config(self) -> dict[str, Any]:
-        return {k: v for k, v in self.settings.to_dict().items() if k not in self.runtime_params}
+        config = {k: v for k, v in self.settings.to_dict().items() if k not in self.runtime_params}
+        if self.snapshot is not None and self.snapshot.name is not None:
+            config["snapshot"] = self.snapshot.name  # later stages are rebuilt for each new snapshot
+        return config
 
     def validate(self, path: str) -> None:
         from corpusforge.crawl.spider import load_spider
@@ -62,6 +79,12 @@ class CrawlStage(Stage):
                 check()
             except Exception as exc:  # a missing browser or extra: refuse before anything starts
                 raise ConfigError(str(exc), path=f"{path}.backend") from exc
+        if s.recrawl and (s.previous is not None or s.frontier is not None):
+            raise ConfigError(
+                "a re-crawl follows the folder's previous snapshot by itself, on the SQLite frontier: "
+                "leave out 'previous' and 'frontier'",
+                path=f"{path}.recrawl",
+            )
         if s.previous is not None and not (Path(s.previous) / "state" / "frontier.sqlite").is_file():
             raise ConfigError(
                 f"{s.previous!r} is not an earlier crawl's folder (no state/frontier.sqlite)",
@@ -118,7 +141,18 @@ class CrawlStage(Stage):
         extra = {k: getattr(s, k) for k in ("browsers", "concurrency") if k in wanted}
         backend = backend_cls(user_agent=s.user_agent, timeout_s=s.timeout_s, **extra)
         key = self.frontier_key(ctx.out_dir) if s.frontier is not None else None
-        outcome = Crawler(load_spider(s.spider), backend, s, ctx, rank=rank, frontier_key=key).run(pool=run_pool)
+        previous = self.snapshot.previous if self.snapshot is not None else None
+        if previous is None:
+            outcome = Crawler(load_spider(s.spider), backend, s, ctx, rank=rank, frontier_key=key).run(pool=run_pool)
+        else:  # a new snapshot: conditional requests from the previous one, whose pages are all visited again
+            from corpusforge.crawl.snapshot import SnapshotCrawler, revisits, seal
+
+            s = dataclasses.replace(s, previous=str(previous))
+            crawler = SnapshotCrawler(load_spider(s.spider), backend, s, ctx, revisits=revisits(previous))
+            outcome = crawler.run(pool=run_pool)
+            if not outcome.partial:
+                files, summary = seal(ctx.out_dir, previous, outcome.stats)
+                outcome.files, outcome.extra = outcome.files + files, outcome.extra | {"snapshot": summary}
         return TaskResult(
             files=outcome.files, steps=[outcome.stats.to_dict()], extra=outcome.extra, partial=outcome.partial
         )
@@ -126,8 +160,9 @@ class CrawlStage(Stage):
     def finalize(self, ctx: StageContext, results: list[TaskResult]) -> dict[str, Any]:
         """A shared crawl: every task's segments together hold each stored URL once; the crawl's totals."""
         s = self.settings
-        if s.frontier is None:
-            return {}
+        if s.frontier is None:  # a re-crawl's snapshot: what it changed, carried and tombstoned, its view's identity
+            summary = results[0].extra.get("snapshot") if results else None
+            return {"snapshot": summary} if summary else {}
         from corpusforge.crawl.redis_frontier import RedisFrontier
         from corpusforge.crawl.shared import finalize
 

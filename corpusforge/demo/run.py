@@ -141,6 +141,7 @@ def print_summary(result: Any, *, site_pages: int, requests_seen: int, seconds: 
         t.add_row(k, v)
     t.add_row("wall time", f"{seconds:.0f} s")
     t.add_row("outputs", str(result.workdir))
+    t.add_row("data card", f"{result.workdir / 'README.md'} (card.json, plots in card/)")
     for o in result.stages:
         t.add_row(f"  {o.name}", f"{o.out_dir}  [{o.status}]")
     console().print(t)

@@ -13,6 +13,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -69,18 +70,21 @@ class _Settler:
         return False
 
 
-def _worker_init(run_dir: str, log_level: int, parent: int | None = None, ancestor: int | None = None) -> None:
+def _worker_init(
+    run_dir: str, log_level: int, parent: int | None = None, ancestor: int | None = None, progress: bool = False
+) -> None:
     # The parent first: one killed while this worker was still starting must not leave it waiting forever.
     die_with_parent(parent=parent, ancestor=ancestor)  # a kill -9 of the main process ends its workers too
-    _log_to_stderr(log_level)
+    _log_to_stderr(log_level, progress)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: STOP.set())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     hold_workers_lock(Path(run_dir))  # and a rerun waits for them to be gone
 
 
-def _log_to_stderr(level: int) -> None:
-    """Worker warnings and errors to stderr (the console the run was started from), tagged with the worker."""
+def _log_to_stderr(level: int, progress: bool = False) -> None:
+    """Worker warnings and errors to stderr (the console the run was started from), tagged with the worker;
+    with ``progress``, the tasks' progress lines too (``corpusforge.progress``, off a terminal only)."""
     handler = logging.StreamHandler()
     fmt = "%(asctime)s %(levelname)s %(name)s [worker %(process)d]: %(message)s"
     handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%dT%H:%M:%S"))
@@ -88,6 +92,14 @@ def _log_to_stderr(level: int) -> None:
     logger = logging.getLogger("corpusforge")
     logger.addHandler(handler)
     logger.setLevel(level)
+    if progress:
+        logging.getLogger("corpusforge.progress").setLevel(logging.INFO)
+
+
+def _progress_in_workers() -> bool:
+    """Whether workers log progress lines: when this process shows them as lines (INFO, not a terminal; on a
+    terminal the bar shows the tasks done, and lines from other processes would break its redraw)."""
+    return logging.getLogger("corpusforge.progress").isEnabledFor(logging.INFO) and not sys.stderr.isatty()
 
 
 def run_tasks(
@@ -149,7 +161,7 @@ def _run_pool(
     spawn = mp.get_context("spawn")
     # A spawned worker starts with no logging set up: its warnings and errors would vanish.
     level = max(logging.getLogger("corpusforge").getEffectiveLevel(), logging.WARNING)
-    init = (str(ctx.run_dir), level, os.getpid())
+    init = (str(ctx.run_dir), level, os.getpid(), None, _progress_in_workers())
     with ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=_worker_init, initargs=init) as ex:
         futures: dict[Future[dict[str, Any]], int] = {ex.submit(execute_task, stage, ctx, r): r for r in queue}
         while futures:
@@ -210,7 +222,7 @@ def _run_processes(
     preload = ["__main__", "corpusforge.executors.local", "pandas", *getattr(stage, "preload_modules", ())]
     fs.set_forkserver_preload(preload)
     level = max(logging.getLogger("corpusforge").getEffectiveLevel(), logging.WARNING)
-    init = (str(ctx.run_dir), level, None, os.getpid())
+    init = (str(ctx.run_dir), level, None, os.getpid(), _progress_in_workers())
     running: dict[int, tuple[Any, Any]] = {}
     ended: list[Any] = []  # processes that sent their result: joined at the end (their exit takes a while)
     stopping = False

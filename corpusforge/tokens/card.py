@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from corpusforge.card import size_category
 from corpusforge.tokens.write import SPLITS
 
 
@@ -22,7 +23,7 @@ def dataset_card(
     """
     tokens, docs = manifest["tokens"], manifest["documents"]
     total = sum(tokens.values())
-    size = "n<1K" if sum(docs.values()) < 1000 else "1K<n<10K" if sum(docs.values()) < 10_000 else "10K<n<100K"
+    size = size_category(sum(docs.values()))
     front = [
         "---",
         f"pretty_name: {json.dumps(name)}",
@@ -49,7 +50,8 @@ def dataset_card(
         f"Made by corpusforge: {total:,} tokens in {sum(docs.values()):,} documents, vocabulary "
         f"{manifest['vocab_size']:,} (`{manifest['dtype']}` ids, end-of-text id {manifest['eot_id']}).",
         "Each row is one document: `input_ids` (its tokens followed by `<|endoftext|>`) and its lineage",
-        "(`id`, `url`, `fetched_at`), so every token range maps back to the page it came from.",
+        "(`id`, `url`, `fetched_at`, and `consent`: the crawl's opt-out record), so every token range maps back to the page "
+        "it came from.",
         "",
         "| split | documents | tokens | shards |",
         "| --- | --- | --- | --- |",

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
+import pyarrow.compute as pc
+
 from corpusforge.document import Document
 from corpusforge.errors import ConfigError, TaskError
 from corpusforge.params import Max, Min
@@ -20,6 +22,7 @@ from corpusforge.storage import (
     atomic_write_bytes,
     atomic_write_json,
     file_record,
+    iter_batches,
     iter_documents,
     sha256_file,
     write_manifest,
@@ -27,7 +30,14 @@ from corpusforge.storage import (
 from corpusforge.tokens.card import dataset_card
 from corpusforge.tokens.report import tokenizer_report
 from corpusforge.tokens.tokenizer import EOT, Algorithm, hf_files, train_tokenizer
-from corpusforge.tokens.write import SPLITS, load_tokenizer, token_dtype, tokenize_to_shards, write_hf_metadata
+from corpusforge.tokens.write import (
+    SPLITS,
+    load_tokenizer,
+    token_dtype,
+    tokenize_to_shards,
+    val_bound,
+    write_hf_metadata,
+)
 
 
 def _unit(doc_id: str) -> float:
@@ -172,11 +182,32 @@ def _manifest_info(res_list: list[dict[str, Any]], tok: Any, tok_ref: Any) -> di
     }
 
 
+def _split_rows(files: list[Path]) -> Iterator[tuple[str, str | None, bool]]:
+    """(id, ``metadata["split"]`` or None, has text) of every document, for ``val_bound``. Reads the id and
+    metadata columns and the text column's lengths only (no text is decoded); the files are checked against
+    their manifest by size and rows here, and in full when the task reads them."""
+    for path in files:
+        for batch in iter_batches(path, verify=False):
+            names = batch.schema.names
+            ids = batch.column("id").to_pylist()
+            texts = batch.column("text")
+            has_text = pc.fill_null(pc.greater(pc.binary_length(texts), 0), False).to_pylist()
+            metas = batch.column("metadata").to_pylist() if "metadata" in names else [None] * batch.num_rows
+            for doc_id, meta, text in zip(ids, metas, has_text, strict=True):
+                pinned = json.loads(meta).get("split") if meta and '"split"' in meta else None
+                yield doc_id, pinned if isinstance(pinned, str) else None, bool(text)
+
+
 class TokensStage(Stage):
     """Tokenize the input stage's documents into token shards with ``tokenizer`` (a stage name or a path).
 
     Tasks share the input by file, or by document when there are fewer files than tasks; ``workers`` encoder
     processes per task (the runner already runs tasks in parallel, so 1 is usually right).
+
+    The split: a hash of each document's id below ``val_fraction`` → val. When that gives val fewer than
+    ``min_val_documents`` documents (default 10, enough for an evaluation that is not one page's; None: no
+    minimum), the documents with the lowest hashes move to val too, never more than half of the corpus
+    (``write.val_bound``: one pass over the input's ids first, the same choice on every rerun).
     """
 
     kind: ClassVar[str] = "tokens"
@@ -190,9 +221,11 @@ class TokensStage(Stage):
         max_shard_tokens: Annotated[int, Min(1000), Max(2_000_000_000)] = 50_000_000,
         batch_docs: Annotated[int, Min(1)] = 1024,
         workers: Annotated[int, Min(1), Max(256)] = 1,
+        min_val_documents: Annotated[int, Min(1)] | None = 10,
     ) -> None:
         self.tokenizer = tokenizer
         self.val_fraction = val_fraction
+        self.min_val_documents = min_val_documents
         self.tasks = tasks
         self.max_shard_tokens = max_shard_tokens
         self.batch_docs = batch_docs
@@ -213,7 +246,7 @@ class TokensStage(Stage):
                 p.unlink(missing_ok=True)
 
     def _docs(self, ctx: StageContext, rank: int) -> Iterator[Document]:
-        cols = ["id", "text", "url", "fetched_at", "metadata"]
+        cols = ["id", "text", "url", "fetched_at", "consent", "metadata"]
         files = ctx.input_files()
         if len(files) >= self.tasks:
             docs = iter_documents([f for i, f in enumerate(files) if i % self.tasks == rank], columns=cols)
@@ -222,6 +255,14 @@ class TokensStage(Stage):
         for n, d in enumerate(docs, 1):
             ctx.fault_at(n)  # the task's n-th document, whichever way the input is shared
             yield d
+
+    def _val_bound(self, ctx: StageContext) -> float:
+        """The split's hash bound over the whole input (every task computes the same one)."""
+        if self.val_fraction <= 0 or not self.min_val_documents:
+            return self.val_fraction
+        return val_bound(
+            _split_rows(ctx.input_files()), val_fraction=self.val_fraction, min_val_documents=self.min_val_documents
+        )
 
     def run_task(self, ctx: StageContext, rank: int) -> TaskResult:
         tok_path = self._tokenizer_path(ctx)
@@ -235,7 +276,7 @@ class TokensStage(Stage):
             tok_path,
             ctx.out_dir,
             prefix=f"data-r{rank:05d}",
-            val_fraction=self.val_fraction,
+            val_fraction=self._val_bound(ctx),
             max_shard_tokens=self.max_shard_tokens,
             batch_docs=self.batch_docs,
             workers=self.workers,
@@ -259,6 +300,11 @@ class TokensStage(Stage):
             for r in results
         ]
         info = _manifest_info(per_task, tok, tok_path) | {"tokenizer_path": str(tok_path.resolve())}
+        info["val_split"] = {
+            "val_fraction": self.val_fraction,
+            "min_val_documents": self.min_val_documents,
+            "hash_below": self._val_bound(ctx),  # what the tasks used: val_fraction, or higher for the minimum
+        }
         write_hf_metadata(ctx.out_dir, files, info["dtype"])
         report_path = tok_path.parent / "report.json"
         report = json.loads(report_path.read_text()) if report_path.is_file() else None

@@ -11,13 +11,14 @@ Layout of a tokens folder (``datasets.load_from_disk(folder)`` reads it as a ``D
       README.md                               dataset card: YAML front matter + tables, from the manifest fields
 
 Each row is one document: ``input_ids`` (list of uint16, or uint32 when the vocabulary exceeds 65,536; the
-document's tokens followed by ``<|endoftext|>``) and its lineage: ``id``, ``url``, ``fetched_at``. One
+document's tokens followed by ``<|endoftext|>``) and its lineage: ``id``, ``url``, ``fetched_at``, ``consent``. One
 record batch per encoded batch (≤ ``batch_docs`` documents, ≤ ``batch_chars`` characters): the values
 buffer of ``input_ids`` is a flat token stream that ``token_arrays`` memory-maps without copying, and its
 offsets are the document boundaries, so a token position maps back to its document (``document_at``).
 
 The split is by document: ``metadata["split"]`` ("train"/"val") when a document carries one, else a hash
-of its id below ``val_fraction`` → val. Shards rotate once they hold ``max_shard_tokens``. Encoding uses
+of its id below ``val_fraction`` → val (the tokens stage raises that bound with ``val_bound`` when val
+would hold fewer than ``min_val_documents``). Shards rotate once they hold ``max_shard_tokens``. Encoding uses
 ``tokens_encode.FastBpeEncoder`` (ids identical to ``tokenizers``' ``encode(text, add_special_tokens=False)``;
 like it, an added token's text written inside a document, e.g. ``<|endoftext|>``, becomes that token), in
 ``workers`` processes when asked; the output is byte-identical whatever the number of workers.
@@ -26,8 +27,10 @@ like it, an added token's text written inside a document, e.g. ``<|endoftext|>``
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
+import math
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -54,9 +57,6 @@ from corpusforge.tokens.tokenizer import EOT
 log = logging.getLogger(__name__)
 
 
-log = logging.getLogger(__name__)
-
-
 SPLITS = ("train", "val")
 
 
@@ -73,6 +73,7 @@ def token_schema(dtype: np.dtype) -> pa.Schema:
         "id": {"dtype": "string", "_type": "Value"},
         "url": {"dtype": "string", "_type": "Value"},
         "fetched_at": {"dtype": "string", "_type": "Value"},
+        "consent": {"dtype": "string", "_type": "Value"},
     }
     meta = {"huggingface": json.dumps({"info": {"features": feature}})}
     return pa.schema(
@@ -81,19 +82,62 @@ def token_schema(dtype: np.dtype) -> pa.Schema:
             ("id", pa.string()),
             ("url", pa.string()),
             ("fetched_at", pa.string()),
+            ("consent", pa.string()),  # the crawl's consent record (JSON), None for documents not crawled
         ],
         metadata=meta,
     )
 
 
+def split_hash(doc_id: str) -> float:
+    """A document's place in [0, 1) for the split: a hash of its id, so the same on every run and machine."""
+    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "big") / 2**64
+
+
 def split_of(doc: Document, val_fraction: float) -> str:
+    """``metadata["split"]`` when the document names one, else val when its ``split_hash`` < ``val_fraction``."""
     s = doc.metadata.get("split")
     if s in SPLITS:
         return str(s)
     if val_fraction <= 0:
         return "train"
-    h = int.from_bytes(hashlib.blake2b(doc.id.encode(), digest_size=8).digest(), "big") / 2**64
-    return "val" if h < val_fraction else "train"
+    return "val" if split_hash(doc.id) < val_fraction else "train"
+
+
+def val_bound(
+    rows: Iterable[tuple[str, str | None, bool]], *, val_fraction: float, min_val_documents: int | None
+) -> float:
+    """The hash bound that gives val at least ``min_val_documents`` documents: ``val_fraction``, or higher.
+
+    ``rows`` are (id, ``metadata["split"]`` or None, has text) for every input document: one streaming pass
+    that keeps only the ``min_val_documents`` smallest hashes. Documents that name their split and empty ones
+    (dropped later) are not moved; documents pinned to val count towards the minimum. When the hash split
+    gives too few, the bound rises just past the k-th smallest hash, so the documents with the lowest hashes
+    move to val, the same ones on every rerun, whatever the number of tasks. At most half of the movable
+    documents go to val, so a tiny corpus still trains on the other half. ``val_fraction`` 0 (no val split)
+    and ``min_val_documents`` None leave the bound as it is.
+    """
+    if val_fraction <= 0 or not min_val_documents:
+        return val_fraction
+    smallest: list[float] = []  # max-heap (negated) of the min_val_documents smallest movable hashes
+    pinned_val = hashed_val = movable = 0
+    for doc_id, pinned, has_text in rows:
+        if not has_text:
+            continue
+        if pinned in SPLITS:
+            pinned_val += pinned == "val"
+            continue
+        movable += 1
+        h = split_hash(doc_id)
+        hashed_val += h < val_fraction
+        if len(smallest) < min_val_documents:
+            heapq.heappush(smallest, -h)
+        elif h < -smallest[0]:
+            heapq.heapreplace(smallest, -h)
+    need = min(min_val_documents - pinned_val, movable // 2)
+    if need <= hashed_val:
+        return val_fraction
+    kth = sorted(-x for x in smallest)[need - 1]
+    return max(val_fraction, math.nextafter(kth, 1.0))  # every hash <= kth is below the bound
 
 
 def load_tokenizer(ref: Any):  # type: ignore[no-untyped-def]
@@ -125,7 +169,7 @@ class _SplitWriter:
     def _path(self) -> Path:
         return self.folder / f"{self.prefix}-{len(self.files):05d}.arrow"
 
-    def write(self, values: np.ndarray, offsets: np.ndarray, meta: list[tuple[str, str | None, str | None]]) -> None:
+    def write(self, values: np.ndarray, offsets: np.ndarray, meta: list[tuple[str | None, ...]]) -> None:
         """One record batch: ``values`` (all tokens, EOTs included) and ``offsets`` (len(meta) + 1 bounds)."""
         if not meta:
             return
@@ -136,11 +180,8 @@ class _SplitWriter:
             self._writer = ipc.new_stream(self._sink, self.schema)
         # Zero-copy: the numpy buffers become the Arrow list column's offsets and values as they are.
         arr = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32, copy=False)), pa.array(values))
-        ids, urls, times = zip(*meta, strict=True)
-        batch = pa.record_batch(
-            [arr, pa.array(ids, pa.string()), pa.array(urls, pa.string()), pa.array(times, pa.string())],
-            schema=self.schema,
-        )
+        columns = [pa.array(c, pa.string()) for c in zip(*meta, strict=True)]  # id, url, fetched_at, consent
+        batch = pa.record_batch([arr, *columns], schema=self.schema)
         try:
             self._writer.write_batch(batch)
         except OSError as exc:
@@ -325,7 +366,7 @@ def tokenize_to_shards(
     writers = {s: _SplitWriter(out_dir / s, prefix, dtype, max_shard_tokens) for s in SPLITS}
     stats = stats or StepStats("tokenize")
     texts: dict[str, list[str]] = {s: [] for s in SPLITS}
-    metas: dict[str, list[tuple[str, str | None, str | None]]] = {s: [] for s in SPLITS}
+    metas: dict[str, list[tuple[str | None, ...]]] = {s: [] for s in SPLITS}
     chars = dict.fromkeys(SPLITS, 0)
     encoders = _Encoders(tok, eot, dtype, workers, verify_every)
 
@@ -350,7 +391,8 @@ def tokenize_to_shards(
             stats.output += 1
             s = split_of(d, val_fraction)
             texts[s].append(d.text)
-            metas[s].append((d.id, d.url, d.fetched_at))
+            consent = None if d.consent is None else json.dumps(d.consent, sort_keys=True)
+            metas[s].append((d.id, d.url, d.fetched_at, consent))
             chars[s] += len(d.text)
             if len(texts[s]) >= batch_docs or chars[s] >= batch_chars:
                 submit(s)

@@ -15,12 +15,21 @@ from corpusforge.params import Max, Min
 if TYPE_CHECKING:
     from corpusforge.train.model import GPTConfig
 
-__all__ = ["TrainConfig", "auto_lr"]
+__all__ = ["NONE_MEANS", "TrainConfig", "auto_lr"]
 
 
 def auto_lr(n_embd: int) -> float:
     """Default peak learning rate for a model of width ``n_embd``: 0.384 / n_embd, at most 3e-3."""
     return min(3e-3, 0.384 / n_embd)
+
+
+# What a field left at None stands for (``corpusforge train --help`` shows these as the defaults).
+NONE_MEANS = {
+    "lr": "0.384 / n_embd, at most 3e-3",
+    "min_lr": "lr / 10",
+    "lr_decay_iters": "max_iters",
+    "threads": "torch's default",
+}
 
 
 @dataclass(kw_only=True)

@@ -4,13 +4,15 @@ The model's math is GPT-2's (pre-norm blocks, LayerNorm eps 1e-5, scaled dot-pro
 GELU exact → ``activation_function="gelu"``, tanh approximation → ``"gelu_new"``), so the mapping is exact: Linear weights are transposed into GPT-2's Conv1D layout,
 absent biases become zeros, and a sinusoidal positional table is written into ``wpe`` as fixed values.
 The tokenizer files (``tokenizer.json`` and the two small JSON files ``AutoTokenizer`` needs) are copied
-beside the weights.
+beside the weights. Off a terminal, transformers' and huggingface_hub's progress bars are turned off.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 from typing import cast
 
@@ -55,8 +57,25 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return sd
 
 
+def quiet_library_bars() -> None:
+    """No progress bars from transformers or huggingface_hub (tqdm) when stderr is not a terminal: a bar
+    redrawn with ``\r`` is noise in a cron mail or a journal. On a terminal they are left as they are."""
+    if sys.stderr.isatty():
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return
+    disable_progress_bars()
+
+
 def export_gpt2(out_dir: Path, dest: Path, *, tokenizer_path: Path | None = None) -> Path:
     transformers = require("transformers", "hf")
+    quiet_library_bars()
     model, state = load_model(out_dir)
     c = model.cfg
     tokens_dir = Path(state["tokens_dir"])

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from corpusforge.errors import ConfigError, DivergedError
+from corpusforge.progress import Progress, format_eta
 from corpusforge.storage import workdir_lock
 from corpusforge.tokens.read import expect_tokens_folder
 from corpusforge.train import checkpoint as ckpt
@@ -354,6 +355,10 @@ def _train(
     # tokens/s of a log interval: iterations since it_last over seconds since t_last; t_last moves past each
     # evaluation and checkpoint, so only training is timed.
     t_last, it_last = t0, run.step
+    first_step = run.step
+    # The progress line (corpusforge.progress: a live bar on a terminal, a log line every interval otherwise),
+    # fed at each log interval; the ETA is from the average pace since the start, evaluations included.
+    progress = Progress("train", unit="iterations", total=cfg.max_iters, start=run.step) if run.dist.master else None
     run.model.train()
     try:
         while run.step < cfg.max_iters:
@@ -370,7 +375,13 @@ def _train(
                     now = time.perf_counter()
                     tps = (step - it_last) * run.tokens_per_iter / max(now - t_last, 1e-9)
                     run.write(step, tokens_per_s=tps)
-                    run.say(f"iter {step:6d}  loss {loss:.4f}  lr {lr:.2e}  {tps:,.0f} tok/s")
+                    eta = (cfg.max_iters - step) * (now - t0) / max(step - first_step, 1)
+                    run.say(
+                        f"iter {step:6d}/{cfg.max_iters}  loss {loss:.4f}  lr {lr:.2e}  {tps:,.0f} tok/s  "
+                        f"ETA {format_eta(eta)}"
+                    )
+                    if progress is not None:
+                        progress.update(step, extra=f"loss {loss:.4f}, {tps:,.0f} tokens/s")
                     t_last, it_last = now, step
             if evaluating:
                 run.evaluate_and_save()

@@ -75,12 +75,16 @@ class FaultServer:
     def base(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def paths(self) -> list[str]:
-        return [h.path for h in self.log]
+    def paths(self, *, tdmrep: bool = False) -> list[str]:
+        """Request paths in order; the crawler's ``/.well-known/tdmrep.json`` request only with ``tdmrep``."""
+        return [h.path for h in self.log if tdmrep or h.path != TDMREP]
 
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+TDMREP = "/.well-known/tdmrep.json"  # read once per host by the AI-training opt-out policy
 
 
 def html(body: str, status: int = 200, **headers: str) -> tuple[int, dict[str, str], bytes]:
@@ -362,8 +366,9 @@ class SilentServer:
     def base(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def paths(self) -> list[str]:
-        return [h.path for h in self.log]
+    def paths(self, *, tdmrep: bool = False) -> list[str]:
+        """Request paths in order; the crawler's ``/.well-known/tdmrep.json`` request only with ``tdmrep``."""
+        return [h.path for h in self.log if tdmrep or h.path != TDMREP]
 
     def _serve(self) -> None:
         while not self._stop.is_set():

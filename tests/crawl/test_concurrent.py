@@ -19,7 +19,7 @@ import pytest
 from corpusforge.errors import DONE, PARTIAL
 from corpusforge.storage import iter_documents, manifest_paths, validate_folder
 from tests.conftest import cli_env
-from tests.crawl.faultserver import FaultServer, html
+from tests.crawl.faultserver import TDMREP, FaultServer, html
 from tests.crawl.test_crawl import crawl, servers  # noqa: F401  (the servers fixture)
 
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -471,7 +471,7 @@ def test_the_sequential_loop_counts_robots_txt_as_a_request_to_its_host(tmp_path
     res, docs, step = crawl(tmp_path, [m.base + "/" for m in made], list(HOSTS[:2]), min_delay_s=delay, concurrency=1)
     assert res.status == DONE and len(docs) == 4
     for m in made:
-        starts = [h.t for h in m.log]
-        assert m.paths()[0] == "/robots.txt" and len(starts) == 3
+        starts = [h.t for h in m.log]  # robots.txt, tdmrep.json, 2 pages: every gap at least the delay
+        assert m.paths(tdmrep=True)[:2] == ["/robots.txt", TDMREP] and len(starts) == 4
         gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
         assert min(gaps) >= delay - 0.005, (m.host, gaps)

@@ -25,6 +25,7 @@ from corpusforge.errors import DONE, ConfigError
 from corpusforge.stage import StageContext
 from tests.conftest import cli_env
 from tests.crawl.faultserver import (
+    TDMREP,
     FaultServer,
     Feed,
     SilentServer,
@@ -251,7 +252,7 @@ def test_non_http_seeds_that_reach_the_crawler_are_dropped_without_a_fetch_or_a_
     ctx = StageContext(run_dir=tmp_path, out_dir=out, in_dir=None, stage_name="crawl")
     settings = CrawlSettings(spider="unused", seeds=seeds, **FAST)
     outcome = Crawler(Spider(name="t", seeds=seeds, allowed_domains=["127.0.0.1"]), spy, settings, ctx).run()
-    assert spy.urls == [s.base + "/robots.txt", s.base + "/"]
+    assert spy.urls == [s.base + "/robots.txt", s.base + TDMREP, s.base + "/"]
     assert s.paths() == ["/robots.txt", "/"]
     assert dict(outcome.stats.dropped) == {"scheme_refused": 4} and outcome.stats.output == 1
     if atime_shows_reads:

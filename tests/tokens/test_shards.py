@@ -198,6 +198,8 @@ def test_stage_manifest_card_lineage_and_validate(tmp_path, bpe, per_file):
     docs = _docs(_texts(330))
     docs[3].metadata["split"] = "val"
     docs[4].text = ""
+    for d in docs[::3]:  # crawled documents carry a consent record; the others (local files) none
+        d.consent = {"policy": "ai_optout", "robots_txt": "ok", "tdm_reservation_header": None}
     _doc_shards(tmp_path / "clean", docs, per_file)
     (tmp_path / "tokenizer").mkdir()
     (tmp_path / "tokenizer" / "tokenizer.json").write_text(bpe.to_str(pretty=True))
@@ -240,6 +242,8 @@ def test_stage_manifest_card_lineage_and_validate(tmp_path, bpe, per_file):
         d = by_id[hit["id"]]
         assert ids[-1] == bpe.token_to_id(EOT) and bpe.decode(ids[:-1], skip_special_tokens=False) == d.text
         assert hit["url"] == d.url and hit["fetched_at"] == d.fetched_at
+        assert hit["consent"] == d.consent  # the crawl's consent record travels with the tokens
+    assert any(by_id[document_at(out, p, "train")["id"]].consent for p in range(0, len(flat), 97))
 
 
 def test_validate_catches_a_cut_footer_and_a_missing_shard(tmp_path, bpe):
