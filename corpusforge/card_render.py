@@ -160,6 +160,9 @@ def _token_lines(card: dict[str, Any]) -> list[str]:
     return lines or ["No tokenizer or tokens stage finished."]
 
 
+CARD_MARK = "<!-- written by corpusforge: the run's data card, rewritten by every run -->"
+
+
 def render_readme(card: dict[str, Any]) -> str:
     """README.md for ``card`` (the dict of ``collect_card``): front matter, then one section per topic."""
     status = {
@@ -204,7 +207,7 @@ def render_readme(card: dict[str, Any]) -> str:
         recipe = tomli_w.dumps(card["recipe"]).rstrip()
         body += ["## Recipe", "", "As resolved (`recipe.resolved.toml`), secrets masked:", "", "```toml"]
         body += [recipe, "```"]
-    return "\n".join(_front_matter(card) + body).rstrip() + "\n"
+    return "\n".join(_front_matter(card) + body).rstrip() + f"\n\n{CARD_MARK}\n"
 
 
 # ---------------------------------------------------------------------------------------------- plots

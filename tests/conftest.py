@@ -11,6 +11,9 @@ SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
 os.environ["CORPUSFORGE_PLUGINS"] = "tests.helpers"  # worker processes register the test stages too
+# The hundreds of small runs of the suite skip the data card's plots (matplotlib); tests/test_card.py and the
+# demo's test turn them back on and check them.
+os.environ.setdefault("CORPUSFORGE_CARD_PLOTS", "0")
 import tests.helpers  # noqa: E402,F401  (registers the test stages)
 
 

@@ -5,6 +5,7 @@ every run (a failed one too) without changing a byte on a rerun."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import sys
@@ -32,6 +33,18 @@ VOCAB = (
     "river stone cloud market garden letter window engine forest silver harbor paper winter orange bridge "
     "candle mirror village thunder basket meadow ladder pocket castle violin desert lantern rocket velvet"
 ).split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _plots_on():
+    """The suite's runs skip the card's plots (tests/conftest.py); the card's own tests draw and check them."""
+    old = os.environ.get("CORPUSFORGE_CARD_PLOTS")
+    os.environ["CORPUSFORGE_CARD_PLOTS"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("CORPUSFORGE_CARD_PLOTS", None)
+    else:
+        os.environ["CORPUSFORGE_CARD_PLOTS"] = old
 
 
 def _text(rng: random.Random, words: int) -> str:
@@ -411,3 +424,18 @@ def test_a_license_that_is_not_an_id_is_refused(tmp_path, bad):
         validate_recipe(raw)
     assert validate_recipe(raw | {"license": "Apache-2.0"}).license == "apache-2.0"
     assert validate_recipe({k: v for k, v in raw.items() if k != "license"}).license == "unknown"
+
+
+def test_a_readme_of_the_users_own_in_the_workdir_is_never_overwritten(tmp_path):
+    from corpusforge.card import CARD_ALT, write_card
+
+    own = tmp_path / "README.md"
+    own.write_text("# my project\n")
+    write_card(tmp_path, [], name="x", license="unknown", status="done", plots=False)
+    assert own.read_text() == "# my project\n"
+    assert "pretty_name" in (tmp_path / CARD_ALT).read_text() and (tmp_path / "card.json").is_file()
+    (tmp_path / "README.md").unlink()
+    write_card(tmp_path, [], name="x", license="unknown", status="done", plots=False)
+    first = (tmp_path / "README.md").read_text()
+    write_card(tmp_path, [], name="y", license="unknown", status="done", plots=False)  # ours: rewritten
+    assert first != (tmp_path / "README.md").read_text() and "# y" in (tmp_path / "README.md").read_text()

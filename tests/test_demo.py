@@ -21,7 +21,7 @@ def demo_run(tmp_path_factory):
     out = subprocess.run(
         [sys.executable, "-m", "corpusforge.cli", "demo", "--workdir", "run", "--train-iters", "30"],
         cwd=d,
-        env=cli_env(),
+        env=cli_env() | {"CORPUSFORGE_CARD_PLOTS": "1"},  # the demo as a user gets it: the card with its plots
         capture_output=True,
         text=True,
         timeout=600,
@@ -54,6 +54,12 @@ def test_demo_runs_every_stage_and_prints_the_summary(demo_run):
     tokens = json.loads((run / "tokens" / "manifest.json").read_text())
     assert tokens["tokens"]["train"] > 10_000 and tokens["dtype"] == "uint16"
     assert (run / "train" / "loss.png").is_file() and (run / "train" / "samples.txt").is_file()
+    card = json.loads((run / "card.json").read_text())  # the run's data card, with its plots
+    assert [s["name"] for s in card["stages"]][:2] == ["crawl", "clean"] and card["plots"]
+    assert all((run / p).stat().st_size > 1000 for p in card["plots"].values())
+    assert (run / "README.md").read_text().startswith("---\npretty_name:")
+    val = tokens["documents"]["val"]
+    assert val >= 10, val  # the minimum validation split (it was one document)
 
 
 def test_validate_passes_on_the_demo_output_and_fails_on_a_truncated_shard(demo_run, tmp_path):

@@ -381,10 +381,13 @@ def test_kill_minus_9_of_only_the_main_process_leaves_no_worker_and_the_rerun_ma
     )
     deadline = time.time() + 60
     workers: list[int] = []
-    while time.time() < deadline and not list((tmp_path / "w" / "test_source").glob("*.tmp")):
-        time.sleep(0.01)  # the pool is busy: its workers are writing the source stage's shards
-    workers = _descendants(main.pid)
-    assert len(workers) >= 2, "the pool never started"
+    # Until the pool is busy: its workers are writing the source stage's shards. Both are checked in one
+    # loop: a temp file of the runner's own (a JSON written atomically) may show before the pool exists.
+    while time.time() < deadline and main.poll() is None:
+        if list((tmp_path / "w" / "test_source").glob("0*.tmp")) and len(workers := _descendants(main.pid)) >= 2:
+            break
+        time.sleep(0.01)
+    assert len(workers) >= 2, ("the pool never started", sorted((tmp_path / "w").rglob("*")), main.poll())
     os.kill(main.pid, 9)  # only the main process: no process group kill
     main.wait(timeout=30)
     rerun = _cli("run", str(recipe), "--workdir", "w", cwd=tmp_path)  # at once
