@@ -58,8 +58,8 @@ def test_demo_runs_every_stage_and_prints_the_summary(demo_run):
     assert [s["name"] for s in card["stages"]][:2] == ["crawl", "clean"] and card["plots"]
     assert all((run / p).stat().st_size > 1000 for p in card["plots"].values())
     assert (run / "README.md").read_text().startswith("---\npretty_name:")
-    val = tokens["documents"]["val"]
-    assert val >= 10, val  # the minimum validation split (it was one document)
+    docs = tokens["documents"]  # the minimum validation split (it was one document): a fifth of a small corpus
+    assert docs["val"] >= 5 and docs["val"] <= (docs["train"] + docs["val"]) // 5 + 2, docs
 
 
 def test_validate_passes_on_the_demo_output_and_fails_on_a_truncated_shard(demo_run, tmp_path):

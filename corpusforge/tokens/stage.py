@@ -206,7 +206,7 @@ class TokensStage(Stage):
 
     The split: a hash of each document's id below ``val_fraction`` → val. When that gives val fewer than
     ``min_val_documents`` documents (default 10, enough for an evaluation that is not one page's; None: no
-    minimum), the documents with the lowest hashes move to val too, never more than half of the corpus
+    minimum), the documents with the lowest hashes move to val too, never more than a fifth of the corpus
     (``write.val_bound``: one pass over the input's ids first, the same choice on every rerun).
     """
 

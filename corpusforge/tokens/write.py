@@ -112,8 +112,8 @@ def val_bound(
     that keeps only the ``min_val_documents`` smallest hashes. Documents that name their split and empty ones
     (dropped later) are not moved; documents pinned to val count towards the minimum. When the hash split
     gives too few, the bound rises just past the k-th smallest hash, so the documents with the lowest hashes
-    move to val, the same ones on every rerun, whatever the number of tasks. At most half of the movable
-    documents go to val, so a tiny corpus still trains on the other half. ``val_fraction`` 0 (no val split)
+    move to val, the same ones on every rerun, whatever the number of tasks. At most a fifth of the movable
+    documents (at least one) go to val, so a small corpus still trains on most of itself. ``val_fraction`` 0 (no val split)
     and ``min_val_documents`` None leave the bound as it is.
     """
     if val_fraction <= 0 or not min_val_documents:
@@ -133,7 +133,7 @@ def val_bound(
             heapq.heappush(smallest, -h)
         elif h < -smallest[0]:
             heapq.heapreplace(smallest, -h)
-    need = min(min_val_documents - pinned_val, movable // 2)
+    need = min(min_val_documents - pinned_val, max(1, movable // 5))
     if need <= hashed_val:
         return val_fraction
     kth = sorted(-x for x in smallest)[need - 1]

@@ -90,14 +90,16 @@ def test_too_small_a_val_split_takes_the_lowest_hashes_the_same_ones_whatever_th
     assert got[1] == got[3] == sorted(by_hash[:8])
 
 
-def test_a_large_enough_hash_split_is_left_alone_and_a_tiny_corpus_keeps_half_for_training(tmp_path):
+def test_a_large_enough_hash_split_is_left_alone_and_a_small_corpus_keeps_most_for_training(tmp_path):
     rows = [(f"x{i}", None, True) for i in range(1000)]
     assert val_bound(rows, val_fraction=0.05, min_val_documents=10) == 0.05  # ~50 already
     assert val_bound(rows, val_fraction=0.05, min_val_documents=None) == 0.05
     assert val_bound(rows, val_fraction=0.0, min_val_documents=10) == 0.0  # no val split asked for: none made
     res = run_recipe(_recipe(tmp_path, "tiny", docs=7, tasks=1, val_fraction=0.01, min_val_documents=10))
     assert res.status == DONE
-    assert load_manifest(tmp_path / "tiny" / "tokens")["documents"] == {"train": 4, "val": 3}
+    assert load_manifest(tmp_path / "tiny" / "tokens")["documents"] == {"train": 6, "val": 1}  # at least one
+    res = run_recipe(_recipe(tmp_path, "small", docs=26, tasks=1, val_fraction=0.01, min_val_documents=10))
+    assert load_manifest(tmp_path / "small" / "tokens")["documents"] == {"train": 21, "val": 5}  # a fifth
 
 
 def test_pinned_splits_count_and_empty_documents_are_not_moved(tmp_path, tok):
