@@ -39,6 +39,8 @@ def test_demo_runs_every_stage_and_prints_the_summary(demo_run):
         "exact_duplicate",
         "near_duplicate",
         "robots_disallowed",
+        "optout_robots_ai 1",  # /members/: closed to GPTBot in the site's robots.txt
+        "optout_tdm_reservation 1",  # a page sent with tdm-reservation: 1
         "tokens (train / val)",
         "train loss",
         "val loss",

@@ -9,7 +9,9 @@ Besides the real pages the site plants what a curation pipeline must catch, with
 - near-duplicates: ``/archive/<mod>-old.html`` with a few words changed and a notice added;
 - junk: link-farm tag pages, keyword spam, a page of numbers, a near-empty "coming soon" page;
 - ``/private/`` pages that robots.txt disallows (never fetched), and links to ``file:`` and off-site URLs
-  that the crawler must refuse.
+  that the crawler must refuse;
+- opt-outs from AI training: ``/members/`` closed to GPTBot in robots.txt (never fetched) and a page sent with
+  ``tdm-reservation: 1`` (TDMRep).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ MODULES = (
 MIRRORED = ("json", "heapq", "textwrap", "fnmatch", "bisect", "colorsys")  # exact duplicates under /mirror/
 ARCHIVED = ("difflib", "statistics", "shlex", "glob", "graphlib")  # near-duplicates under /archive/
 
-ROBOTS_TXT = "User-agent: *\nDisallow: /private/\n"
+# ``/members/`` is open to us but closed to an AI-training crawler: the AI-training opt-out policy honours it.
+ROBOTS_TXT = "User-agent: GPTBot\nDisallow: /members/\n\nUser-agent: *\nDisallow: /private/\n"
 
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>
@@ -125,6 +128,11 @@ def build_site(seed: int = 0) -> dict[str, Page]:
         links = " ".join(f'<a href="/lib/{m}.html">{m}</a>' for m in MODULES if m.startswith(t))
         pages[f"/tags/{t}.html"] = Page(_wrap(f"Tag {t}", f"<p>{links}</p>", sidebar))
     pages["/tags/"] = Page(_wrap("Tags", " ".join(f'<a href="/tags/{t}.html">{t}</a>' for t in tags), sidebar))
+    pages["/members/notes.html"] = Page(_wrap("Members", "<p>Notes for members, not for AI training.</p>", sidebar))
+    pages["/licensed/terms.html"] = Page(
+        _wrap("Licensed", "<p>Text whose rights holder reserves text and data mining.</p>", sidebar),
+        headers={"tdm-reservation": "1", "tdm-policy": "http://127.0.0.1/licensed/policy.json"},
+    )
     pages["/private/admin.html"] = Page(_wrap("Admin", "<p>Private area: must never be crawled.</p>", sidebar))
     pages["/about.html"] = Page(
         _wrap("About", '<p>About this mirror. Local file link: <a href="file:///etc/passwd">passwd</a>.</p>', sidebar)
@@ -132,6 +140,7 @@ def build_site(seed: int = 0) -> dict[str, Page]:
     index_links = "".join(f'<li><a href="/lib/{m}.html">{m}</a></li>' for m in MODULES)
     index_links += "".join(f'<li><a href="/mirror/{m}.html">mirror of {m}</a></li>' for m in MIRRORED)
     index_links += "".join(f'<li><a href="/archive/{m}-old.html">{m} (old)</a></li>' for m in ARCHIVED)
+    index_links += '<li><a href="/members/notes.html">members</a></li><li><a href="/licensed/terms.html">terms</a></li>'
     index_links += "".join(
         f'<li><a href="/junk/{p}">{p}</a></li>'
         for p in ["offer-0.html", "offer-1.html", "offer-2.html", "offer-3.html", "numbers.html", "soon.html"]
