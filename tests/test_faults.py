@@ -31,14 +31,15 @@ KILLED = 137  # os._exit(137) in the fault hook, the exit status of a process ki
 
 
 def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    """Run the CLI with both streams piped, decoded here: ``text=True`` would turn a ``\r`` into a newline."""
+    got = subprocess.run(
         [sys.executable, "-m", "corpusforge.cli", *args],
         cwd=cwd,
         env=env or cli_env(),
         capture_output=True,
-        text=True,
         timeout=timeout,
     )
+    return subprocess.CompletedProcess(got.args, got.returncode, got.stdout.decode(), got.stderr.decode())
 
 
 def _faulty(fault: str) -> dict[str, str]:

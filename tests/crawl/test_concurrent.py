@@ -426,7 +426,8 @@ def test_progress_lines_while_crawling_without_control_characters(tmp_path, serv
     recipe = _recipe(tmp_path, [m.base for m in made], "requests+lxml", min_delay_s=0.1)
     cmd = [sys.executable, "-m", "corpusforge.cli", "run", str(recipe), "--workdir", "w", "--max-pages", "30"]
     env = cli_env() | {"CORPUSFORGE_PROGRESS_S": "0.2"}
-    got = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    raw = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, timeout=60)  # bytes: a \r stays one
+    got = subprocess.CompletedProcess(cmd, raw.returncode, raw.stdout.decode(), raw.stderr.decode())
     assert got.returncode == PARTIAL, got.stderr
     lines = [x for x in got.stderr.splitlines() if "crawl: " in x and "pages stored" in x]
     assert len(lines) >= 2, got.stderr
