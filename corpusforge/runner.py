@@ -129,6 +129,9 @@ class Runner:
         self.ray_address = ray_address or recipe.ray_address
         self.force = force
         self.max_pages = max_pages
+        # Stages made from an earlier snapshot of a re-crawled input: removed just before they are rebuilt,
+        # so a re-crawl that stops early leaves the previous corpus (and model) in place.
+        self.rebuild_later: set[str] = set()
         self.deadline = time.time() + max_runtime_s if max_runtime_s else None
         self.workers = workers or recipe.workers
         self.reporter = reporter or LogReporter()
@@ -187,6 +190,9 @@ class Runner:
             )
         for later in self.plan[first_changed:]:
             if not later.external and later.out_dir.exists():
+                if not self.force:  # a new snapshot: removed when rebuilt, so a stopped re-crawl keeps them
+                    self.rebuild_later.add(later.name)
+                    continue
                 log.warning("--force: removing %s", later.out_dir)
                 shutil.rmtree(later.out_dir)
 
@@ -355,8 +361,15 @@ class Runner:
         except FatalError:
             raise
         except Exception as exc:  # noqa: BLE001 - the stages' outputs stand; a card that cannot be made is loud
-            for name in ("README.md", "card.json"):  # no stale card describing an earlier run
-                (self.recipe.workdir / name).unlink(missing_ok=True)
+            from corpusforge.card import CARD_ALT
+            from corpusforge.card_render import CARD_MARK
+
+            wd = self.recipe.workdir  # no stale card describing an earlier run; a README of the user's stays
+            readme = wd / "README.md"
+            if readme.is_file() and CARD_MARK in readme.read_text(encoding="utf-8", errors="replace"):
+                readme.unlink()
+            for name in ("card.json", CARD_ALT):
+                (wd / name).unlink(missing_ok=True)
             log.error(
                 "the data card was not written (%s: %s); the stages' outputs are complete", type(exc).__name__, exc
             )
@@ -369,6 +382,9 @@ class Runner:
             if STOP.is_set():
                 status, message = PARTIAL, "stopped by a signal; rerun to continue"
                 break
+            if e.name in self.rebuild_later and e.out_dir.exists():
+                log.info("stage %s: removing %s, made from the previous snapshot", e.name, e.out_dir)
+                shutil.rmtree(e.out_dir)
             try:
                 o = self.run_entry(e)
             except Interrupted as exc:

@@ -439,3 +439,19 @@ def test_a_readme_of_the_users_own_in_the_workdir_is_never_overwritten(tmp_path)
     first = (tmp_path / "README.md").read_text()
     write_card(tmp_path, [], name="y", license="unknown", status="done", plots=False)  # ours: rewritten
     assert first != (tmp_path / "README.md").read_text() and "# y" in (tmp_path / "README.md").read_text()
+
+
+def test_a_card_that_cannot_be_made_never_deletes_the_users_readme(tmp_path, monkeypatch):
+    from corpusforge.recipe import validate_recipe
+    from corpusforge.runner import run_recipe
+
+    def broken(*_a, **_k):
+        raise RuntimeError("a shard the card cannot read")
+
+    monkeypatch.setattr(corpusforge.card, "write_run_card", broken)
+    own = tmp_path / "w" / "README.md"
+    own.parent.mkdir()
+    own.write_text("# my project\n")
+    raw = {"name": "t", "workdir": str(tmp_path / "w"), "stages": [{"kind": "test_source", "docs": 5}]}
+    assert run_recipe(validate_recipe(raw)).status == 0
+    assert own.read_text() == "# my project\n"  # it was unlinked as if it were a stale card

@@ -326,7 +326,8 @@ class Crawler:
         if robots_fetched:
             # robots.txt was a request to the host: its next one waits the delay, counted from the response's
             # end (its start is not seen here, and the host must never see a shorter gap).
-            self.host_next[host] = max(self.host_next.get(host, 0.0), time.monotonic() + (delay or 0.0))
+            wait = self._host_delay(host) or 0.0  # the host's, even when this URL is refused
+            self.host_next[host] = max(self.host_next.get(host, 0.0), time.monotonic() + wait)
         if reason is None and self.robots.tdm_cached(host) is None:  # tdmrep.json: a request of its own
             if not self._wait_for(host):
                 self.queue.appendleft(item)

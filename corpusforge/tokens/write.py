@@ -134,7 +134,7 @@ def val_bound(
         elif h < -smallest[0]:
             heapq.heapreplace(smallest, -h)
     need = min(min_val_documents - pinned_val, max(1, movable // 5))
-    if need <= hashed_val:
+    if movable == 0 or need <= hashed_val:  # nothing to move (an empty corpus, every document pinned)
         return val_fraction
     kth = sorted(-x for x in smallest)[need - 1]
     return max(val_fraction, math.nextafter(kth, 1.0))  # every hash <= kth is below the bound

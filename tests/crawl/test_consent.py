@@ -161,3 +161,17 @@ def test_directives_for_another_agent_do_not_apply_to_us():
     assert policy.page_refusal(sig) is None
     sig = policy.page({"x-robots-tag": "corpusforge: noindex"}, "")
     assert policy.page_refusal(sig) == "optout_noindex"
+
+
+def test_the_sequential_loop_spaces_tdmrep_json_after_robots_txt_when_the_first_url_is_refused(tmp_path, servers):  # noqa: F811
+    """concurrency 1: a refused first URL gave robots.txt no delay, so tdmrep.json followed it at once."""
+    robots = b"User-agent: *\nDisallow: /private\n"
+    routes = {"/robots.txt": (200, {}, robots), "/": html("home"), "/private/a": html("p")}
+    s = servers(routes=routes)
+    res, docs, step = crawl(
+        tmp_path, [s.base + "/private/a", s.base + "/"], ["127.0.0.1"], min_delay_s=0.3, concurrency=1
+    )
+    assert [d.url.removeprefix(s.base) for d in docs] == ["/"] and step["dropped"] == {"robots_disallowed": 1}
+    starts = [h.t for h in s.log]
+    assert s.paths(tdmrep=True) == ["/robots.txt", TDMREP, "/"]
+    assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) >= 0.3 - 0.005, starts

@@ -296,3 +296,22 @@ def test_a_recipe_whose_crawl_recrawls_rebuilds_its_later_stages_from_each_new_s
     assert "b version 2" in texts["b"] and "a version 1" in texts["a"]
     stage = json.loads((tmp_path / "w" / "clean" / "stage.json").read_text())
     assert stage["config_hash"] == res.stages[1].manifest["config"]["config_hash"]  # made for this snapshot
+
+
+def test_a_recrawl_that_stops_early_leaves_the_previous_corpus_in_place(tmp_path, site):
+    """The later stages made from the previous snapshot were removed before the crawl ran: a re-crawl
+    stopped by a bound (or a signal, or an error) left no corpus until the next full run."""
+    s = site(["a", "b", "c"])
+    spider = _spider(tmp_path / "spider.toml", s.base)
+    crawl = {"kind": "crawl", "spider": str(spider), "min_delay_s": 0.0, "recrawl": True}
+    clean = {"kind": "process", "name": "clean", "tasks": 1, "steps": [{"type": "extract", "extractor": "lxml"}]}
+    raw = {"name": "t", "workdir": str(tmp_path / "w"), "workers": 1, "stages": [crawl, clean]}
+    assert run_recipe(validate_recipe(raw)).status == DONE
+    before = (tmp_path / "w" / "clean" / "manifest.json").read_text()
+    s.versions["b"] = 2
+    res = run_recipe(validate_recipe(raw), max_pages=1)  # the re-crawl stops early: partial
+    assert res.status != DONE and (tmp_path / "w" / "clean" / "manifest.json").read_text() == before
+    res = run_recipe(validate_recipe(raw))  # the rerun finishes the snapshot, then rebuilds clean from it
+    assert res.status == DONE
+    texts = {d.url.rsplit("/", 1)[1]: d.text for d in iter_documents(manifest_paths(tmp_path / "w" / "clean"))}
+    assert "b version 2" in texts["b"] and "a version 1" in texts["a"]

@@ -210,3 +210,10 @@ def test_export_nanogpt_writes_the_meta_pkl_that_nanogpt_reads(tmp_path, tok):
         "meta.pkl",
     }
     assert validate_folder(tmp_path / "nano") == []
+
+
+def test_an_empty_or_fully_pinned_corpus_has_no_val_bound_to_move(tmp_path):
+    """An empty input, or one whose documents all name their split, left the bound as it was (it raised)."""
+    assert val_bound([], val_fraction=0.01, min_val_documents=10) == 0.01
+    pinned = [(f"x{i}", "train", True) for i in range(5)]
+    assert val_bound(pinned, val_fraction=0.01, min_val_documents=10) == 0.01
