@@ -382,9 +382,12 @@ class Runner:
             if STOP.is_set():
                 status, message = PARTIAL, "stopped by a signal; rerun to continue"
                 break
-            if e.name in self.rebuild_later and e.out_dir.exists():
-                log.info("stage %s: removing %s, made from the previous snapshot", e.name, e.out_dir)
-                shutil.rmtree(e.out_dir)
+            if e.name in self.rebuild_later:  # every stage before it finished: now the old ones go, all at once
+                for later in self.plan:  # (a MinHash stage's folder holds its sub-stages' folders)
+                    if later.name in self.rebuild_later and later.out_dir.exists():
+                        log.info("removing %s, made from the previous snapshot", later.out_dir)
+                        shutil.rmtree(later.out_dir)
+                self.rebuild_later.clear()
             try:
                 o = self.run_entry(e)
             except Interrupted as exc:
