@@ -17,6 +17,7 @@ STAGES: dict[str, str] = {
     # dedup (corpusforge/dedup)
     "exact_dedup": "corpusforge.dedup.exact:ExactDedupStage",
     "minhash_dedup": "corpusforge.dedup.minhash:MinHashDedupStage",
+    "decontaminate": "corpusforge.dedup.decontam:DecontaminateStage",
     # tokenizer and token shards (corpusforge/tokens)
     "tokenizer": "corpusforge.tokens.stage:TokenizerStage",
     "tokens": "corpusforge.tokens.stage:TokensStage",

@@ -432,6 +432,7 @@ def collect_card(
     # A language is listed when it labels at least 1 % of the labelled documents ("(other)" is not a code).
     card["language"] = [k for k, v in langs.items() if k != "(other)" and labelled and v / labelled >= 0.01]
     card["recipe"] = _recipe(workdir)
+    card["ablation"] = _json(workdir / "ablation-link.json")  # written by ``corpusforge ablate`` for its variants
     card["scans"] = scans.now
     return card
 

@@ -178,6 +178,14 @@ def render_readme(card: dict[str, Any]) -> str:
     ]
     if card["message"]:
         body += ["", f"> {card['message']}"]
+    link = card.get("ablation")
+    if link:
+        body += [
+            "",
+            f"This run is variant **{link['variant']}** of the ablation {link['ablation']}: its comparison with the "
+            f"other variants is in [{link['report']}]({link['report']}). Stages it shares with an earlier variant "
+            "are read from that variant's folder (the `shards` stages below), and described in its card.",
+        ]
     body += ["", _license_text(card), "", "## Stages", "", *_stage_rows(card)]
     if card["optouts"]["checked"]:
         body += ["", "A crawl's *in* counts the URLs it considered, its *out* the pages it stored."]

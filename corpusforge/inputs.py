@@ -305,9 +305,15 @@ class ShardsInputStage(Stage):
     def config(self) -> dict[str, Any]:
         # A snapshot's identity is the set of pages it reads: a newer snapshot that reads other pages is a new
         # input (the later stages are rebuilt), one that changed nothing is the same (they are skipped).
+        # Any other folder: the config hash it was made with, so a folder rebuilt with another config (a variant
+        # of an ablation reading another's stage) is a new input too.
         manifest = self.external_dir() / MANIFEST
-        view = json.loads(manifest.read_text()).get("snapshot", {}).get("view") if manifest.is_file() else None
-        return {"snapshot": view} if view else {}
+        m = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        view = m.get("snapshot", {}).get("view")
+        if view:
+            return {"snapshot": view}
+        made_by = (m.get("config") or {}).get("config_hash")
+        return {"made_by": made_by} if made_by else {}
 
     def validate(self, path: str) -> None:
         if not (Path(self.path) / MANIFEST).is_file():

@@ -64,6 +64,9 @@ class TrainConfig:
     log_interval: Annotated[int, Min(1)] = 10
     keep_checkpoints: Annotated[int, Min(1)] = 3
     sample_tokens: Annotated[int, Min(0)] = 200  # tokens generated after training; 0: no sample
+    # A finished document folder (or, in a recipe, a stage name) scored whole at every evaluation: held-out
+    # bits per byte in metrics.jsonl (``heldout_bpb``). What ``corpusforge ablate`` compares variants on.
+    heldout: str | None = None
     seed: int = 1337
     # where and how it runs
     device: Literal["auto", "cpu", "cuda"] = "auto"

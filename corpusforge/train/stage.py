@@ -39,7 +39,10 @@ class TrainStage(Stage):
         from corpusforge.train.train import train
 
         assert ctx.in_dir is not None
-        cfg = TrainConfig(**self._params)
+        params = dict(self._params)
+        if params.get("heldout") in ctx.stage_dirs:  # a stage of the recipe: its folder
+            params["heldout"] = str(ctx.stage_dirs[params["heldout"]])
+        cfg = TrainConfig(**params)
         res = train(cfg, ctx.in_dir, ctx.out_dir, should_stop=ctx.stop_requested, quiet=True)
         files = []
         if res.checkpoint is not None:
@@ -57,6 +60,7 @@ class TrainStage(Stage):
             "tokens_per_s": round(res.tokens_per_s),
             "train_loss": [round(first, 3), round(last, 3)] if first is not None and last is not None else None,
             "val_loss": round(res.val_losses[-1][1], 4) if res.val_losses else None,
+            "heldout_bpb": round(res.heldout_bpb[-1][1], 5) if res.heldout_bpb else None,
             "sample": res.sample,
         }
         return TaskResult(files=files, extra=extra, partial=res.partial)

@@ -42,6 +42,7 @@ from corpusforge.train import checkpoint as ckpt
 from corpusforge.train import dist
 from corpusforge.train.config import TrainConfig
 from corpusforge.train.data import TokenData, bytes_per_token, data_fingerprint
+from corpusforge.train.heldout import HeldoutSet
 from corpusforge.train.metrics import MetricsLog, plot_losses
 from corpusforge.train.model import GPT, GPTConfig
 from corpusforge.train.precision import amp_dtype, autocast
@@ -56,6 +57,7 @@ class TrainResult:
     step: int  # iterations done
     train_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss in nats/token)
     val_losses: list[tuple[int, float]] = field(default_factory=list)
+    heldout_bpb: list[tuple[int, float]] = field(default_factory=list)  # (step, bits/byte of cfg.heldout)
     tokens_per_s: float = 0.0  # over the whole loop, evaluation included
     wall_s: float = 0.0
     sample: str = ""
@@ -113,6 +115,10 @@ class Run:
         val_split = "val" if manifest.get("tokens", {}).get("val", 1) > cfg.block_size + 1 else "train"
         self.val_data = TokenData(tokens_dir, val_split, cfg.block_size, cfg.seed + 1, verify=cfg.verify_data)
         self.bpt = bytes_per_token(tokens_dir)
+        # A held-out document set scored whole at every evaluation (bits per byte: ``train/heldout.py``).
+        self.heldout = (
+            HeldoutSet(Path(cfg.heldout), Path(manifest["tokenizer_path"]), cfg.block_size) if cfg.heldout else None
+        )
         # Training's forward passes go through run_model (compiled and/or DDP-wrapped, same parameters);
         # evaluation, clipping and checkpoints use self.model.
         # (torch.compile of a Module returns an OptimizedModule, a Module, though it is typed as a callable.)
@@ -270,8 +276,16 @@ class Run:
         vl = self.evaluate()
         bpb = vl / math.log(2) / self.bpt if self.bpt else None  # nats/token → bits/token → bits/byte
         self.result.val_losses.append((self.step, vl))
-        self.write(self.step, val_loss=vl, **({"bits_per_byte": bpb} if bpb else {}))
-        self.say(f"eval   {self.step:6d}  val loss {vl:.4f}" + (f"  bits/byte {bpb:.3f}" if bpb else ""))
+        held = {}
+        if self.heldout is not None and self.dist.master:
+            held["heldout_bpb"] = self.heldout.bits_per_byte(self.model, self.device, self.amp)
+            self.result.heldout_bpb.append((self.step, held["heldout_bpb"]))
+        self.write(self.step, val_loss=vl, **({"bits_per_byte": bpb} if bpb else {}), **held)
+        self.say(
+            f"eval   {self.step:6d}  val loss {vl:.4f}"
+            + (f"  bits/byte {bpb:.3f}" if bpb else "")
+            + (f"  held-out bits/byte {held['heldout_bpb']:.4f}" if held else "")
+        )
         self.result.checkpoint = self.save_checkpoint()
 
     def stop_requested(self, should_stop: Callable[[], bool]) -> bool:
