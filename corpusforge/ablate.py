@@ -125,7 +125,7 @@ class Ablation:
 
     @property
     def eval_interval(self) -> int:
-        return max(1, self.max_iters // self.evals)
+        return max(1, math.ceil(self.max_iters / self.evals))  # evals evaluations, the last at max_iters
 
     def variant_dir(self, v: Variant) -> Path:
         return self.workdir / "variants" / v.name
@@ -481,6 +481,32 @@ def share(ab: Ablation, full: dict[str, Any], v: Variant, owners: dict[str, Owne
 
 
 # ------------------------------------------------------------------------------------------ running
+def stale_tokens(ab: Ablation, wd: Path, *, force: bool) -> None:
+    """A variant's token shards (and the models trained on them) made with another tokenizer than today's:
+    after ``--force`` rebuilt the base variant's tokenizer, or when a given tokenizer file changed. Their
+    configs name the tokenizer by path, so the runner would keep them: with ``force`` they are removed here
+    (and rebuilt), else refused."""
+    import shutil
+
+    from corpusforge.storage import sha256_file
+
+    tok, manifest = ab.tokenizer_path(), wd / "tokens" / MANIFEST
+    if not tok.is_file() or not manifest.is_file():
+        return
+    if json.loads(manifest.read_text()).get("tokenizer_sha256") == sha256_file(tok):
+        return
+    if not force:
+        raise ConfigError(
+            f"{wd / 'tokens'} was made with another tokenizer than {tok} (it changed since); rerun with --force to "
+            "rebuild this variant's tokens and models with it",
+            path="tokenizer",
+        )
+    for folder in [wd / "tokens", *(wd / f"train-seed{s}" for s in ab.seeds)]:
+        if folder.exists():
+            log.warning("--force: %s was made with another tokenizer; removing it", folder)
+            shutil.rmtree(folder)
+
+
 def run_ablation(ab: Ablation, *, force: bool = False, quiet: bool = False) -> tuple[int, dict[str, Any] | None]:
     """Run (or resume) every variant and seed, then write the report; (exit status, the report or None)."""
     from corpusforge.ablate_report import collect, write_report
@@ -514,6 +540,7 @@ def run_ablation(ab: Ablation, *, force: bool = False, quiet: bool = False) -> t
                 continue
             say(f"ablate: variant {v.name} ({i} of {len(ab.variants)}): {what}; {len(vp.recipe['stages'])} stage(s)")
             wd = ab.variant_dir(v)
+            stale_tokens(ab, wd, force=force)
             wd.mkdir(parents=True, exist_ok=True)
             atomic_write_json(wd / LINK_FILE, {"ablation": ab.name, "variant": v.name, "report": "../../ablation.md"})
             res = run_with_progress(validate_recipe(vp.recipe, source=v.where), force=force, quiet=quiet)

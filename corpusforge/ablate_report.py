@@ -158,6 +158,11 @@ HEADERS = [
 ]
 
 
+def markdown_table(report: dict[str, Any]) -> list[str]:
+    head = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    return head + ["| " + " | ".join(r) + " |" for r in table_rows(report)]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Ablation {report['name']}",
@@ -167,10 +172,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{', '.join(map(str, report['seeds']))}. ± is the spread over seeds (max − min); Δ is the mean of the "
         f"per-seed differences to the base. Verdict rule: {report['verdict_rule']}.",
         "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "---|" * len(HEADERS),
+        *markdown_table(report),
     ]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
     held, tok = report["heldout"], report["tokenizer"]
     lines += [
         "",

@@ -12,17 +12,11 @@ from corpusforge.errors import ExitCode
 
 
 def print_report(report: dict[str, Any], workdir: Path, wall_s: float) -> None:
-    from rich.table import Table
+    from corpusforge.ablate_report import markdown_table
 
-    from corpusforge.ablate_report import HEADERS, table_rows
-    from corpusforge.console import console
-
-    t = Table(title=f"ablation {report['name']}: held-out bits per byte (lower is better), ± = seed spread")
-    for h in HEADERS:
-        t.add_column(h, overflow="fold")
-    for row in table_rows(report):
-        t.add_row(*row)
-    console().print(t)
+    # A Markdown table: as readable in a log or a terminal of any width as in a README.
+    print(f"\nablation {report['name']}: held-out bits per byte (lower is better); ± is the spread over seeds")
+    print("\n".join(markdown_table(report)))
     for row in report["variants"][1:]:
         print(f"{row['name']} vs {report['base']}: {row['verdict']} ({row['diff_mean']:+.4f} bits/byte)")
     print(f"wall time {wall_s:.0f} s; report: {workdir / 'ablation.md'} (ablation.json, ablation.png)")
