@@ -16,7 +16,7 @@ from corpusforge.errors import ExitCode
 __all__ = ["app", "main"]
 
 # Each group registers its commands on ``app`` when imported; this order is the order of --help.
-for _group in ("pipeline", "crawl", "tokens", "train", "ablate", "storage"):
+for _group in ("pipeline", "crawl", "tokens", "train", "adapt", "ablate", "storage"):
     importlib.import_module(f"corpusforge.cli.{_group}")
 
 

@@ -75,7 +75,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) → (B, H, T, D)
@@ -83,7 +83,16 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         p = self.dropout if self.training else 0.0
-        if x.device.type == "cpu" and T <= MATH_ATTENTION_MAX_T:
+        if prefix is not None and prefix[0].size(2) > 0:
+            # Prefix tuning: P learned keys and values before the sequence's own, (B, H, P, D) each. Every query
+            # sees all P of them, and its own position and those before it: the mask is [ones(T, P) | causal(T)],
+            # which is_causal=True (a square lower triangle over P + T keys) would get wrong.
+            pk, pv = prefix
+            P = pk.size(2)
+            k, v = torch.cat((pk.expand(B, -1, -1, -1), k), 2), torch.cat((pv.expand(B, -1, -1, -1), v), 2)
+            mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        elif x.device.type == "cpu" and T <= MATH_ATTENTION_MAX_T:
             with sdpa_kernel(SDPBackend.MATH):
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
@@ -113,8 +122,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), prefix)
         return x + self.mlp(self.ln2(x))
 
 
@@ -151,20 +160,44 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - (self.wpe.weight.numel() if self.cfg.pos_encoding == "learned" else 0)
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) int64 → logits (B, T, vocab); loss = mean cross-entropy when targets (B, T) are given."""
+    def hidden(
+        self,
+        idx: torch.Tensor,
+        *,
+        prompt: torch.Tensor | None = None,
+        prefixes: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """idx (B, T) → the final LayerNorm's output (B, T, C) at the token positions.
+
+        ``prompt`` (1 or B, P, C): soft-prompt embeddings placed before the tokens (prompt tuning; they take
+        positions 0..P-1, the tokens P..P+T-1). ``prefixes``: per layer, prefix keys and values (prefix tuning).
+        """
         B, T = idx.shape
-        assert T <= self.cfg.block_size, f"sequence of {T} tokens exceeds block_size {self.cfg.block_size}"
+        P = 0 if prompt is None else prompt.size(1)
+        assert P + T <= self.cfg.block_size, f"sequence of {P + T} tokens exceeds block_size {self.cfg.block_size}"
         if self.cfg.pos_encoding == "learned":
-            pos = self.wpe(torch.arange(T, device=idx.device))
+            pos = self.wpe(torch.arange(P + T, device=idx.device))
         else:
-            pos = cast(torch.Tensor, self.pos_table)[:T]  # a registered buffer
-        x = self.drop(self.wte(idx) + pos)
-        for block in self.blocks:
-            x = block(x)
-        x = self.ln_f(x)
+            pos = cast(torch.Tensor, self.pos_table)[: P + T]  # a registered buffer
+        tok = self.wte(idx)
+        if prompt is not None:
+            tok = torch.cat((prompt.expand(B, -1, -1).to(tok.dtype), tok), 1)
+        x = self.drop(tok + pos)
+        for i, block in enumerate(self.blocks):
+            x = block(x, prefixes[i] if prefixes is not None else None)
+        return self.ln_f(x)[:, P:]
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        prompt: torch.Tensor | None = None,
+        prefixes: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) int64 → logits (B, T, vocab); loss = mean cross-entropy when targets (B, T) are given
+        (positions whose target is -100 are left out: the prompt of a prompt/response pair)."""
+        x = self.hidden(idx, prompt=prompt, prefixes=prefixes)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None  # only the last position is needed to sample
         logits = self.lm_head(x)
