@@ -271,7 +271,9 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match="set by the ablation"):
         load({"model": {"max_iters": 5}})
     with pytest.raises(ConfigError, match="does not train on"):
-        (tmp_path / "full.toml").write_text(BASE.format(d=tmp_path) + '[[stages]]\nkind = "tokenizer"\nname = "tok"\ninput = "clean"\n')
+        (tmp_path / "full.toml").write_text(
+            BASE.format(d=tmp_path) + '[[stages]]\nkind = "tokenizer"\nname = "tok"\ninput = "clean"\n'
+        )
         load({"base": "full.toml", "variants": {"v": {"set": ["tok.vocab_size=500"]}}})
     with pytest.raises(ConfigError, match="did you mean 'clean'"):
         load({"corpus": "clena"})

@@ -53,7 +53,7 @@ def test_readme_lists_every_command_and_the_code_map_exists():
 
     commands = {c.name for c in typer.main.get_command(app).commands.values()}  # type: ignore[attr-defined]
     listed = set(re.findall(r"^\| `corpusforge ([a-z-]+)", README.read_text(), re.M))
-    assert len(commands) == 17 and listed == commands
+    assert len(commands) == 21 and listed == commands
     root = README.parent
     for folder in re.findall(r"^\| `[^|]*\| `(corpusforge/[a-z_/]+)`", README.read_text(), re.M):
         assert (root / folder).is_dir(), folder

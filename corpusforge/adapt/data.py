@@ -135,7 +135,9 @@ def rank_data(rows: list[dict[str, Any]], enc: Encoder, length: int, val_fractio
             idx[n, k, : len(ids)] = ids
             last[n, k] = len(ids) - 1
             valid[n, k] = True
-    data = RankData(idx, last, valid, np.array([is_val(r.get("_line", i), val_fraction) for i, r in enumerate(rows)]), cut)
+    data = RankData(
+        idx, last, valid, np.array([is_val(r.get("_line", i), val_fraction) for i, r in enumerate(rows)]), cut
+    )
     if val_fraction > 0:
         _check_split(data.val, where, val_fraction)
     return data

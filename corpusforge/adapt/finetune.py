@@ -264,7 +264,7 @@ class Loop:
             f"{len(self.val_rows)} validation"
         )
         self.model.train()
-        train_s, t_iters = 0.0, 0
+        step_times: list[float] = []
         first_eval = self.evaluate() if self.step == 0 else None
         while self.step < cfg.max_iters:
             t0 = time.perf_counter()
@@ -281,8 +281,7 @@ class Loop:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            train_s += time.perf_counter() - t0
-            t_iters += 1
+            step_times.append(time.perf_counter() - t0)
             value = float(loss.detach())
             self.losses.append((self.step, value))
             self.metrics.write(self.step, loss=value, lr=lr)
@@ -306,7 +305,8 @@ class Loop:
             "base_params": self.base_params,
             "trainable_share": n_train / self.base_params,
             "frozen_weight_bytes": frozen_bytes(self.model),
-            "step_s": train_s / max(t_iters, 1),
+            # The median: a shared 2-core machine's stray slow steps do not move it.
+            "step_s": float(np.median(step_times)) if step_times else None,
             "iters": self.step,
             "first_eval": first_eval,
             "final_eval": self.val[-1][1] if self.val else None,

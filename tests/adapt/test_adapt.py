@@ -225,3 +225,26 @@ def test_kill_during_finetuning_resumes_exactly(base, tmp_path):
         return [json.loads(x).get("loss") for x in (p / "metrics.jsonl").read_text().splitlines() if "loss" in x]
 
     assert losses(killed) == losses(straight)
+
+
+def test_folded_and_low_rank_lora_paths_agree():
+    from corpusforge.adapt.lora import LoRALinear
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(24, 40)
+    a, b = (
+        LoRALinear(base, r=4, alpha=8, dropout=0.0, fold=True),
+        LoRALinear(base, r=4, alpha=8, dropout=0.0, fold=False),
+    )
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        a.lora_b.normal_()
+        b.lora_b.copy_(a.lora_b)
+    x = torch.randn(3, 5, 24)
+    ya, yb = a(x), b(x)
+    assert torch.allclose(ya, yb, atol=1e-5)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    assert torch.allclose(a.lora_a.grad, b.lora_a.grad, atol=1e-4) and torch.allclose(
+        a.lora_b.grad, b.lora_b.grad, atol=1e-4
+    )
