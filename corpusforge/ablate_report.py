@@ -13,13 +13,10 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from corpusforge.errors import ConfigError
 from corpusforge.storage import atomic_write_bytes, atomic_write_json, load_manifest, sha256_file
-
-if TYPE_CHECKING:
-    from corpusforge.ablate import Ablation, VariantPlan
 
 REPORT_FORMAT = 1
 BETTER, WORSE, SAME, UNJUDGED = "better", "worse", "no measurable difference", "not judged (one seed)"
@@ -57,7 +54,8 @@ def _decontamination(folder: Path) -> dict[str, int]:
     }
 
 
-def collect(ab: Ablation, plans: list[VariantPlan], heldout_dir: Path, heldout_sha: str) -> dict[str, Any]:
+def collect(ab: Any, plans: list[Any], heldout_dir: Path, heldout_sha: str) -> dict[str, Any]:
+    """``ab``: an ``ablate.Ablation``; ``plans``: its ``ablate.VariantPlan`` list (not imported: ablate imports this)."""
     tok_path = ab.tokenizer_path()
     tok_sha = sha256_file(tok_path)
     rows: list[dict[str, Any]] = []
@@ -224,7 +222,7 @@ def render_plot(report: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def write_report(ab: Ablation, report: dict[str, Any]) -> None:
+def write_report(ab: Any, report: dict[str, Any]) -> None:
     """``ablation.json``, ``ablation.md`` and (with matplotlib) ``ablation.png``, each written atomically."""
     try:
         atomic_write_bytes(ab.workdir / "ablation.png", render_plot(report))
