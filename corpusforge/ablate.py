@@ -471,7 +471,9 @@ def share(ab: Ablation, full: dict[str, Any], v: Variant, owners: dict[str, Owne
         return VariantPlan(v, None, shared, folders)
     read = {st.get("input") for st in own}
     standins = [
-        {"kind": "shards", "name": name, "path": str(owner.folder)} for name, owner in shared.items() if name in read
+        {"kind": "shards", "name": name, "path": str(owner.folder), "track_config": True}
+        for name, owner in shared.items()
+        if name in read
     ]
     recipe = dict(full, stages=standins + own)
     for name, k in keys.items():

@@ -295,8 +295,9 @@ class ShardsInputStage(Stage):
 
     kind: ClassVar[str] = "shards"
 
-    def __init__(self, *, path: str) -> None:
+    def __init__(self, *, path: str, track_config: bool = False) -> None:
         self.path = path
+        self.track_config = track_config  # the folder's own config hash is part of this stage's (ablate sets it)
 
     def external_dir(self) -> Path:
         """The folder, or for a re-crawled crawl folder its current snapshot (``storage.current_snapshot``)."""
@@ -312,7 +313,7 @@ class ShardsInputStage(Stage):
         view = m.get("snapshot", {}).get("view")
         if view:
             return {"snapshot": view}
-        made_by = (m.get("config") or {}).get("config_hash")
+        made_by = (m.get("config") or {}).get("config_hash") if self.track_config else None
         return {"made_by": made_by} if made_by else {}
 
     def validate(self, path: str) -> None:

@@ -135,7 +135,12 @@ def test_a_variant_reads_the_shared_stages_from_their_owner(ablation):
     import tomllib
 
     stages = tomllib.loads((vdir / "recipe.resolved.toml").read_text())["stages"]
-    assert stages[0] == {"kind": "shards", "name": "input", "path": str(d / "out" / "variants" / "base" / "input")}
+    assert stages[0] == {
+        "kind": "shards",
+        "name": "input",
+        "path": str(d / "out" / "variants" / "base" / "input"),
+        "track_config": True,
+    }
     # Every stage folder of the whole ablation holds a distinct stage: no config hash is built twice.
     hashes = [json.loads(p.read_text())["config_hash"] for p in (d / "out").rglob("stage.json")]
     assert len(hashes) == len(set(hashes))

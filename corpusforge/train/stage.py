@@ -27,6 +27,8 @@ class TrainStage(Stage):
             f.name: self._params.get(f.name, f.default)
             for f in fields(TrainConfig)
             if f.name not in self.runtime_params
+            # heldout absent when unset, as in the stages made before it existed (their hash stays the same)
+            and not (f.name == "heldout" and self._params.get("heldout") is None)
         }
 
     def parallel(self) -> bool:
