@@ -10,7 +10,6 @@ beside the weights. Off a terminal, transformers' and huggingface_hub's progress
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -62,7 +61,8 @@ def quiet_library_bars() -> None:
     redrawn with ``\r`` is noise in a cron mail or a journal. On a terminal they are left as they are."""
     if sys.stderr.isatty():
         return
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
+    # Through the libraries' own switches, not the environment: an environment variable set here would leak into
+    # every child process this one starts (a test's control load found that).
     import transformers
 
     transformers.utils.logging.disable_progress_bar()

@@ -23,7 +23,9 @@ SETS |= dict(eval_iters=2, warmup_iters=2, log_interval=5, sample_tokens=0, thre
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run with stdout and stderr piped. Bytes, decoded here: text=True would turn each \r into \n."""
-    got = subprocess.run(cmd, cwd=cwd, env=cli_env(), capture_output=True, timeout=300)
+    env = cli_env()
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)  # the control load must be free to draw its bar
+    got = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, timeout=300)
     return subprocess.CompletedProcess(cmd, got.returncode, got.stdout.decode(), got.stderr.decode())
 
 
@@ -63,3 +65,19 @@ def test_piped_train_prints_iteration_loss_tokens_per_s_and_eta_and_export_draws
     plain, quiet = both.stderr.split("\n--quiet--\n")
     assert "\r" in plain, "the control load drew no bar: this check proves nothing any more"
     assert "\r" not in quiet + both.stdout
+
+
+def test_quiet_library_bars_leaves_the_environment_alone(monkeypatch):
+    """It once set HF_HUB_DISABLE_PROGRESS_BARS in os.environ: every later child process inherited it (in the
+    suite, the control load above drew no bar after an in-process export)."""
+    pytest.importorskip("transformers")
+    import io
+    import os
+
+    from corpusforge.train.export import quiet_library_bars
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
+    before = dict(os.environ)
+    quiet_library_bars()
+    assert dict(os.environ) == before
