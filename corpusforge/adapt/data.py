@@ -7,7 +7,8 @@
   sequence each.
 
 Sequences longer than the window are cut at its end (counted); shorter ones are padded with end-of-text,
-whose targets are -100. The validation rows are chosen by a hash of their line number, so the split does not
+whose targets are -100. A row left with nothing to learn from (a prompt that fills the window: no response
+token in it, or for reward data no completion token) is dropped and counted; with every row dropped, an error. The validation rows are chosen by a hash of their line number, so the split does not
 change when rows are appended.
 """
 
@@ -69,13 +70,14 @@ class SftData:
     y: np.ndarray  # (N, L) int64 targets, IGNORE where there is no loss
     val: np.ndarray  # (N,) bool
     truncated: int
+    dropped: int = 0  # rows with no target token (the prompt filled the window)
 
     def __len__(self) -> int:
         return len(self.x)
 
 
 def sft_data(rows: list[dict[str, Any]], enc: Encoder, length: int, val_fraction: float, where: str) -> SftData:
-    xs, ys, val, cut = [], [], [], 0
+    xs, ys, val, cut, dropped = [], [], [], 0, 0
     for row in rows:
         if isinstance(row.get("text"), str):
             ids, first_target = enc(row["text"]) + [enc.eot], 0
@@ -86,6 +88,9 @@ def sft_data(rows: list[dict[str, Any]], enc: Encoder, length: int, val_fraction
             raise ConfigError(
                 f'line {row["_line"]}: expected {{"text"}} or {{"prompt", "response"}} strings', file=where
             )
+        if first_target >= min(len(ids), length + 1) - 1:  # the prompt fills the window: no response token to learn
+            dropped += 1
+            continue
         if len(ids) > length + 1:
             ids, cut = ids[: length + 1], cut + 1
         x = np.full(length, enc.eot, dtype=np.int64)
@@ -96,7 +101,13 @@ def sft_data(rows: list[dict[str, Any]], enc: Encoder, length: int, val_fraction
         xs.append(x)
         ys.append(y)
         val.append(is_val(row["_line"], val_fraction))
-    data = SftData(np.stack(xs), np.stack(ys), np.array(val), cut)
+    if not xs:
+        raise ConfigError(
+            f"all {dropped} rows have a prompt that fills the model's window ({length} tokens): no response token "
+            "is left to learn; shorten the prompts",
+            file=where,
+        )
+    data = SftData(np.stack(xs), np.stack(ys), np.array(val), cut, dropped)
     _check_split(data.val, where, val_fraction)
     return data
 
@@ -108,12 +119,16 @@ class RankData:
     valid: np.ndarray  # (N, K) bool: prompts with fewer than K completions are padded
     val: np.ndarray  # (N,) bool
     truncated: int
+    dropped: int = 0  # rows whose prompt filled the window: no completion token to tell them apart
 
     def __len__(self) -> int:
         return len(self.idx)
 
 
-def rank_data(rows: list[dict[str, Any]], enc: Encoder, length: int, val_fraction: float, where: str) -> RankData:
+def rank_data(
+    rows: list[dict[str, Any]], enc: Encoder, length: int, val_fraction: float, where: str, *, drop_full: bool = True
+) -> RankData:
+    """``drop_full=False`` (scoring): a row whose prompt fills the window is an error, not a dropped row."""
     for row in rows:
         comps = row.get("completions")
         if not isinstance(row.get("prompt"), str) or not isinstance(comps, list) or len(comps) < 2:
@@ -121,6 +136,22 @@ def rank_data(rows: list[dict[str, Any]], enc: Encoder, length: int, val_fractio
                 f'line {row["_line"]}: expected {{"prompt": str, "completions": [best, ..., worst]}} with at least 2',
                 file=where,
             )
+    full = [i for i, r in enumerate(rows) if len(enc(r["prompt"])) >= length]  # no completion token fits after it
+    if full and not drop_full:
+        raise ConfigError(
+            f"line {rows[full[0]].get('_line', full[0] + 1)}: the prompt fills the model's window ({length} tokens), "
+            "so its completions cannot be scored; shorten the prompt",
+            file=where,
+        )
+    if len(full) == len(rows):
+        raise ConfigError(
+            f"all {len(rows)} rows have a prompt that fills the model's window ({length} tokens): the completions "
+            "cannot be told apart; shorten the prompts",
+            file=where,
+        )
+    gone = set(full)
+    kept = [r for i, r in enumerate(rows) if i not in gone]
+    dropped, rows = len(rows) - len(kept), kept
     K = max(len(r["completions"]) for r in rows)
     idx = np.full((len(rows), K, length), enc.eot, dtype=np.int64)
     last = np.zeros((len(rows), K), dtype=np.int64)
@@ -136,7 +167,7 @@ def rank_data(rows: list[dict[str, Any]], enc: Encoder, length: int, val_fractio
             last[n, k] = len(ids) - 1
             valid[n, k] = True
     data = RankData(
-        idx, last, valid, np.array([is_val(r.get("_line", i), val_fraction) for i, r in enumerate(rows)]), cut
+        idx, last, valid, np.array([is_val(r.get("_line", i), val_fraction) for i, r in enumerate(rows)]), cut, dropped
     )
     if val_fraction > 0:
         _check_split(data.val, where, val_fraction)

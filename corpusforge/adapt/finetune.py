@@ -186,9 +186,11 @@ class Loop:
         self.fault = os.environ.get("CORPUSFORGE_FAULT", "")
         self.losses: list[tuple[int, float]] = []
         self.val: list[tuple[int, dict[str, float]]] = []
+        self.first_eval: dict[str, float] | None = self.first_eval_resumed
 
     # -- the task: language modelling with a method; RewardLoop overrides these
     method_name: str = ""
+    first_eval_resumed: dict[str, float] | None = None
 
     def setup(self) -> None:
         self.method_name = self.cfg.method
@@ -206,7 +208,9 @@ class Loop:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss per target token over the whole validation split."""
+        """Mean loss per target token over the whole validation split; nothing without one (val_fraction 0)."""
+        if not len(self.val_rows):
+            return {}
         self.model.eval()
         total, count = 0.0, 0
         for i in range(0, len(self.val_rows), 32):
@@ -215,7 +219,7 @@ class Loop:
             total += float(self.loss(rows)) * n
             count += n
         self.model.train()
-        return {"val_loss": total / max(count, 1)}
+        return {"val_loss": total / count}
 
     # -- resume, checkpoints
     def _resume(self) -> int:
@@ -235,6 +239,7 @@ class Loop:
         ckpt.restore_optimizer(self.optimizer, loaded.optim, st["optimizer"])
         torch.set_rng_state(loaded.optim["rng.torch"])
         self.rng.bit_generator.state = st["sampler"]
+        self.first_eval_resumed = st.get("first_eval")
         return int(st["step"])
 
     def save(self) -> Path:
@@ -248,6 +253,7 @@ class Loop:
             "tokens_dir": self.base.state.get("tokens_dir"),
             "tokenizer_path": str(self.tokenizer_path),
             "sampler": dict(self.rng.bit_generator.state),
+            "first_eval": self.first_eval,
         }
         return ckpt.save(
             self.ck_dir, self.step, _Trainable(self.named), self.optimizer, state, keep=self.cfg.keep_checkpoints
@@ -257,15 +263,24 @@ class Loop:
     def run(self, *, quiet: bool = False) -> dict[str, Any]:
         cfg = self.cfg
         say = (lambda *_: None) if quiet else print
+        report_path = self.out_dir / REPORT
+        if self.step >= cfg.max_iters and report_path.is_file():  # finished before: its report, not a new empty one
+            old = json.loads(report_path.read_text())
+            if old.get("config") == asdict(cfg) and old.get("iters") == self.step:
+                say(f"{self.out_dir}: finished before ({self.step} iterations); nothing to do")
+                self.metrics.close()
+                return old  # type: ignore[no-any-return]
         n_train = sum(p.numel() for p in self.trainable)
         say(
             f"{self.kind} ({self.method_name}): {n_train:,} trainable parameters "
             f"({n_train / self.base_params:.4%} of {self.base_params:,}); {len(self.train_rows)} training rows, "
-            f"{len(self.val_rows)} validation"
+            f"{len(self.val_rows)} validation; {self.data.truncated} cut at the window, "
+            f"{self.data.dropped} dropped (the prompt filled the window)"
         )
         self.model.train()
         step_times: list[float] = []
-        first_eval = self.evaluate() if self.step == 0 else None
+        if self.step == 0:
+            self.first_eval = self.evaluate()
         while self.step < cfg.max_iters:
             t0 = time.perf_counter()
             lr = _lr(cfg, self.step, self.peak)
@@ -308,12 +323,18 @@ class Loop:
             # The median: a shared 2-core machine's stray slow steps do not move it.
             "step_s": float(np.median(step_times)) if step_times else None,
             "iters": self.step,
-            "first_eval": first_eval,
-            "final_eval": self.val[-1][1] if self.val else None,
+            "first_eval": self.first_eval,
+            "final_eval": self.val[-1][1] if self.val else self.evaluate(),
+            "rows": {
+                "train": len(self.train_rows),
+                "val": len(self.val_rows),
+                "truncated": self.data.truncated,
+                "dropped": self.data.dropped,
+            },
             "base_checkpoint": str(self.base.path),
             "config": asdict(cfg),
         }
-        atomic_write_json(self.out_dir / REPORT, report)
+        atomic_write_json(report_path, report)
         return report
 
 
@@ -348,9 +369,11 @@ class RewardLoop(Loop):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Pairwise loss and accuracy over every pair of the validation prompts."""
+        """Pairwise loss and accuracy over every pair of the validation prompts; nothing without any."""
         from corpusforge.adapt.reward import pairwise_loss
 
+        if not len(self.val_rows):
+            return {}
         self.rm.eval()
         r, v = self._rewards(self.val_rows)
         loss, acc = pairwise_loss(r, v)
@@ -438,7 +461,7 @@ def score(out_dir: Path, rows: list[dict[str, Any]]) -> list[list[float]]:
     if st["kind"] != "reward":
         raise ConfigError(f"{out_dir} is not a reward model (corpusforge reward makes one)", path="DIR")
     enc = Encoder(Path(st["tokenizer_path"]))
-    data = rank_data(rows, enc, rm.gpt.cfg.block_size, 0.0, "rows")
+    data = rank_data(rows, enc, rm.gpt.cfg.block_size, 0.0, "rows", drop_full=False)
     with torch.no_grad():
         B, K, L = data.idx.shape
         r = rm(torch.from_numpy(data.idx.reshape(B * K, L)), torch.from_numpy(data.last.reshape(-1))).view(B, K)

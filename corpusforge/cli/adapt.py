@@ -32,12 +32,17 @@ def _config(method: str, set_: list[str] | None, max_iters: int | None):  # type
     return FinetuneConfig(**validate_kwargs(FinetuneConfig, kw, "--set"))
 
 
+def _evals(ev: dict | None) -> str:  # type: ignore[type-arg]
+    return ", ".join(f"{k} {v:.4f}" for k, v in ev.items()) if ev else "none"
+
+
 def _print(report: dict) -> None:  # type: ignore[type-arg]
+    step = f"{report['step_s'] * 1000:.1f} ms/step" if report.get("step_s") is not None else "no step timed"
     print(
         f"{report['method']}: {report['trainable_params']:,} trainable parameters "
-        f"({report['trainable_share']:.4%}), {report['step_s'] * 1000:.1f} ms/step, "
+        f"({report['trainable_share']:.4%}), {step}, "
         f"frozen weights {report['frozen_weight_bytes'] / 2**20:.2f} MiB; "
-        f"validation {report['first_eval']} → {report['final_eval']}"
+        f"validation {_evals(report.get('first_eval'))} → {_evals(report.get('final_eval'))}"
     )
 
 

@@ -13,8 +13,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from corpusforge.adapt.data import load_rows, rank_data  # noqa: E402
 from corpusforge.adapt.finetune import FinetuneConfig, finetune, load_adapted, merge, score, train_reward  # noqa: E402
-from corpusforge.errors import DONE  # noqa: E402
+from corpusforge.errors import DONE, ConfigError  # noqa: E402
 from corpusforge.recipe import validate_recipe  # noqa: E402
 from corpusforge.runner import run_recipe  # noqa: E402
 from tests.conftest import cli_env  # noqa: E402
@@ -225,6 +226,50 @@ def test_kill_during_finetuning_resumes_exactly(base, tmp_path):
         return [json.loads(x).get("loss") for x in (p / "metrics.jsonl").read_text().splitlines() if "loss" in x]
 
     assert losses(killed) == losses(straight)
+    report = json.loads((killed / "adapter.json").read_text())
+    # The first evaluation (before step 1) came from the killed run's checkpoint, not from the resumed process.
+    assert report["first_eval"] == json.loads((straight / "adapter.json").read_text())["first_eval"]
+    # A rerun of a finished run keeps its report (it once rewrote it with empty figures and the summary crashed).
+    r = subprocess.run([*cmd, "--out", str(killed), *args], env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "finished before" in r.stdout and "ms/step" in r.stdout
+    assert json.loads((killed / "adapter.json").read_text()) == report
+
+
+def test_rows_with_no_target_are_dropped_and_counted_and_no_split_gives_no_val_loss(base, tmp_path):
+    d, ckpt_dir = base
+    rows = [json.loads(x) for x in (d / "task.jsonl").read_text().splitlines()][:40]
+    long = " ".join(["the old stone bridge"] * 40)  # far more than the 48-token window
+    rows[:3] = [{"prompt": long, "response": " " + TASK}] * 3
+    data = tmp_path / "task.jsonl"
+    dump(data, rows)
+    cfg = FinetuneConfig(method="lora", max_iters=4, eval_interval=4, batch_size=8, val_fraction=0.0)
+    report = finetune(ckpt_dir, data, tmp_path / "ft", cfg, quiet=True)
+    assert report["rows"] == {"train": 37, "val": 0, "truncated": 4, "dropped": 3}  # 4 task rows are longer too
+    assert report["first_eval"] == {} and report["final_eval"] == {}  # not a val_loss of 0.0
+    assert all(
+        json.loads(x).get("loss") == json.loads(x).get("loss") for x in (tmp_path / "ft" / "metrics.jsonl").open()
+    )
+    dump(data, rows[:3])
+    with pytest.raises(ConfigError, match="fills the model's window"):
+        finetune(ckpt_dir, data, tmp_path / "ft2", cfg, quiet=True)
+
+    class Words:  # an encoder of one token per word
+        eot = 0
+
+        def __call__(self, text):
+            return [1] * len(text.split())
+
+    ranked = [{"prompt": "the bridge", "completions": ["a", "b"]}, {"prompt": long, "completions": ["a", "b"]}]
+    dump(data, ranked)
+    got = rank_data(load_rows(data), Words(), 48, 0.0, "x")  # training: dropped, counted
+    assert (len(got), got.dropped) == (1, 1)
+    with pytest.raises(ConfigError, match="line 2: the prompt fills"):  # scoring: an error naming the line
+        rank_data(load_rows(data), Words(), 48, 0.0, "x", drop_full=False)
+
+
+def dump(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def test_folded_and_low_rank_lora_paths_agree():
