@@ -353,7 +353,7 @@ def heldout_recipe(ab: Ablation) -> dict[str, Any]:
                 "steps": [{"type": "extract", "extractor": ab.heldout_extractor}, {"type": "normalize"}],
             },
         ]
-    elif src.name.endswith((".jsonl", ".jsonl.gz", ".json")):
+    elif src.name.endswith((".jsonl", ".jsonl.gz")):
         stages = [{"kind": "read_jsonl", "name": "heldout", "path": str(src)}]
     else:
         raise ConfigError(
@@ -528,6 +528,9 @@ def run_ablation(ab: Ablation, *, force: bool = False, quiet: bool = False) -> t
         from corpusforge.plan import make_plan, stage_dirs
 
         heldout_dir = stage_dirs(make_plan(held))["heldout"]
+        from corpusforge.train.heldout import load_texts
+
+        load_texts(heldout_dir)  # text in it, before any variant is built (not at the first training)
         heldout_sha = folder_digest(heldout_dir)
         owners: dict[str, Owner] = {}
         plans: list[VariantPlan] = []

@@ -286,6 +286,22 @@ def test_config_errors_name_the_field(tmp_path):
         load({"heldout": "nope.jsonl"})
     with pytest.raises(ConfigError, match="seeds"):
         load({"seeds": [1, 1]})
+    (tmp_path / "held.json").write_text(json.dumps([{"text": "a held-out page"}]))
+    with pytest.raises(ConfigError, match="expected a .jsonl file"):  # a JSON array is not JSONL: refused by name
+        run_ablation(load({"heldout": "held.json"}), quiet=True)
+
+
+def test_a_heldout_set_without_text_is_refused_before_any_variant_runs(tmp_path):
+    make_project(tmp_path)
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"id": "h0", "text": ""}) + "\n")
+    ab = ablation_from_dict(
+        {"base": "base.toml", "heldout": "empty.jsonl", "workdir": str(tmp_path / "out")},
+        base_dir=tmp_path,
+        source="ab.toml",
+    )
+    with pytest.raises(ConfigError, match="holds no text"):
+        run_ablation(ab, quiet=True)
+    assert not (tmp_path / "out" / "variants").exists()
 
 
 def test_demo_heldout_pages_are_not_served():
