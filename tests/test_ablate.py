@@ -264,6 +264,21 @@ def test_heldout_windows_predict_every_token_once(tmp_path):
         assert torch.equal(x + 1, y)
 
 
+def test_heldout_set_refuses_a_tokenizer_that_changed_since_the_tokens(tmp_path):
+    from corpusforge.storage import sha256_file
+    from corpusforge.tokens.tokenizer import train_tokenizer
+    from corpusforge.train.heldout import HeldoutSet
+
+    tok = tmp_path / "tokenizer.json"
+    train_tokenizer(corpus(1, 20), algorithm="char").save(str(tok))
+    with pytest.raises(ConfigError, match="changed since the training tokens"):
+        HeldoutSet(tmp_path / "held", tok, 16, tokenizer_sha256="0" * 64)
+    with pytest.raises(ConfigError, match="is gone"):
+        HeldoutSet(tmp_path / "held", tmp_path / "moved.json", 16, tokenizer_sha256=sha256_file(tok))
+    with pytest.raises(ConfigError, match="not a finished document folder"):  # past the tokenizer checks
+        HeldoutSet(tmp_path / "held", tok, 16, tokenizer_sha256=sha256_file(tok))
+
+
 def test_config_errors_name_the_field(tmp_path):
     make_project(tmp_path)
     base = {"base": "base.toml", "heldout": "heldout.jsonl"}

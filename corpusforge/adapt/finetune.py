@@ -30,7 +30,7 @@ from corpusforge.adapt.data import Encoder, load_rows, rank_data, sft_data
 from corpusforge.adapt.lora import TARGETS, apply_lora
 from corpusforge.errors import ConfigError, DivergedError
 from corpusforge.params import Max, Min
-from corpusforge.storage import atomic_write_json, workdir_lock
+from corpusforge.storage import atomic_write_json, sha256_file, workdir_lock
 from corpusforge.train import checkpoint as ckpt
 from corpusforge.train.metrics import MetricsLog
 from corpusforge.train.model import GPT, GPTConfig
@@ -160,6 +160,14 @@ class Loop:
         tok = find_tokenizer(tokens_dir)
         if tok is None:
             raise ConfigError(f"the tokenizer of {tokens_dir} is not found; the base model's tokens folder moved?")
+        manifest = tokens_dir / "manifest.json"
+        want = json.loads(manifest.read_text()).get("tokenizer_sha256") if manifest.is_file() else None
+        if want and sha256_file(tok) != want:
+            raise ConfigError(
+                f"the tokenizer {tok} changed since the base model's tokens were written with it: the data would be "
+                "tokenized unlike the base model's training text",
+                path="CHECKPOINT_DIR",
+            )
         self.tokenizer_path = tok
         self.enc = Encoder(tok)
         torch.manual_seed(cfg.seed)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from corpusforge.errors import ConfigError
-from corpusforge.storage import MANIFEST, iter_documents, manifest_paths
+from corpusforge.storage import MANIFEST, iter_documents, manifest_paths, sha256_file
 from corpusforge.train.precision import autocast
 
 
@@ -39,10 +39,28 @@ def load_texts(folder: Path) -> list[str]:
 class HeldoutSet:
     """The held-out token stream of ``folder`` (a document folder) under the tokenizer at ``tokenizer_path``."""
 
-    def __init__(self, folder: Path, tokenizer_path: Path, block_size: int) -> None:
+    def __init__(
+        self, folder: Path, tokenizer_path: Path, block_size: int, tokenizer_sha256: str | None = None
+    ) -> None:
+        """``tokenizer_sha256``: the digest the training tokens' manifest records; a tokenizer file that no longer
+        matches it is refused (the held-out text would be cut unlike the training text)."""
         from corpusforge.tokens.encode import FastBpeEncoder, encode_texts
         from corpusforge.tokens.write import EOT, load_tokenizer, with_eot
 
+        tokenizer_path = Path(tokenizer_path)
+        if not tokenizer_path.is_file():
+            raise ConfigError(
+                f"the tokenizer {str(tokenizer_path)!r} of the training tokens is gone: the held-out set cannot be "
+                "tokenized like them; rebuild the tokens stage",
+                path="heldout",
+            )
+        if tokenizer_sha256 and sha256_file(tokenizer_path) != tokenizer_sha256:
+            raise ConfigError(
+                f"the tokenizer {str(tokenizer_path)!r} changed since the training tokens were written with it "
+                f"(manifest sha256 {tokenizer_sha256[:12]}…): the held-out set would be tokenized unlike them; "
+                "rebuild the tokens stage",
+                path="heldout",
+            )
         texts = load_texts(folder)
         tok = load_tokenizer(tokenizer_path)
         eot = tok.token_to_id(EOT)

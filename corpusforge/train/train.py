@@ -117,7 +117,14 @@ class Run:
         self.bpt = bytes_per_token(tokens_dir)
         # A held-out document set scored whole at every evaluation (bits per byte: ``train/heldout.py``).
         self.heldout = (
-            HeldoutSet(Path(cfg.heldout), Path(manifest["tokenizer_path"]), cfg.block_size) if cfg.heldout else None
+            HeldoutSet(
+                Path(cfg.heldout),
+                Path(manifest.get("tokenizer_path") or ""),
+                cfg.block_size,
+                tokenizer_sha256=manifest.get("tokenizer_sha256"),
+            )
+            if cfg.heldout
+            else None
         )
         # Training's forward passes go through run_model (compiled and/or DDP-wrapped, same parameters);
         # evaluation, clipping and checkpoints use self.model.

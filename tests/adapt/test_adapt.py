@@ -268,6 +268,21 @@ def test_rows_with_no_target_are_dropped_and_counted_and_no_split_gives_no_val_l
         rank_data(load_rows(data), Words(), 48, 0.0, "x", drop_full=False)
 
 
+def test_a_tokenizer_changed_since_the_base_tokens_is_refused(base, tmp_path):
+    import shutil
+
+    d, ckpt_dir = base
+    tok = Path(json.loads((d / "run" / "tokens" / "manifest.json").read_text())["tokenizer_path"])
+    keep = tmp_path / "keep.json"
+    shutil.copy(tok, keep)
+    try:
+        tok.write_text(tok.read_text() + "\n")  # the same tokenizer, other bytes: its digest changes
+        with pytest.raises(ConfigError, match="changed since the base model's tokens"):
+            finetune(ckpt_dir, d / "task.jsonl", tmp_path / "ft", FinetuneConfig(max_iters=1), quiet=True)
+    finally:
+        shutil.copy(keep, tok)
+
+
 def dump(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
