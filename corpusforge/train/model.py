@@ -83,7 +83,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         p = self.dropout if self.training else 0.0
-        if prefix is not None and prefix[0].size(2) > 0:
+        if prefix is not None:  # even of length 0: then the mask is the causal one (a test compares the two)
             # Prefix tuning: P learned keys and values before the sequence's own, (B, H, P, D) each. Every query
             # sees all P of them, and its own position and those before it: the mask is [ones(T, P) | causal(T)],
             # which is_causal=True (a square lower triangle over P + T keys) would get wrong.

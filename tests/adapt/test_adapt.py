@@ -135,7 +135,35 @@ def test_zero_length_prefix_is_the_base_model(base):
     x = torch.randint(0, c.vocab_size, (2, 16))
     empty = PrefixKV(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_tokens=0, seed=0)
     with torch.no_grad():
-        assert torch.equal(model(x, x)[0], model(x, x, prefixes=empty())[0])
+        # The prefix path (explicit mask, here all causal) against the plain causal kernel: equal to float error.
+        assert torch.allclose(model(x, x)[0], model(x, x, prefixes=empty())[0], atol=1e-5, rtol=0)
+
+
+def test_prefix_attention_equals_a_reference_with_the_ones_then_causal_mask():
+    """Against attention written out by hand: query i sees every prefix key and sequence keys 0..i. A plain
+    causal flag over the P + T keys (query i seeing keys 0..i) is shown to differ, so this check can fail."""
+    import math
+
+    import torch.nn.functional as F
+
+    from corpusforge.train.model import CausalSelfAttention, GPTConfig
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=10, block_size=16, n_layer=1, n_head=2, n_embd=8, dropout=0.0)
+    attn = CausalSelfAttention(cfg).eval()
+    B, T, P, H, D = 2, 6, 3, 2, 4
+    x = torch.randn(B, T, 8)
+    pk, pv = torch.randn(1, H, P, D), torch.randn(1, H, P, D)
+    with torch.no_grad():
+        got = attn(x, (pk, pv))
+        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in attn.qkv(x).split(8, dim=2))
+        K, V = torch.cat((pk.expand(B, -1, -1, -1), k), 2), torch.cat((pv.expand(B, -1, -1, -1), v), 2)
+        allowed = torch.tensor([[j < P or j - P <= i for j in range(P + T)] for i in range(T)])
+        scores = (q @ K.transpose(-1, -2) / math.sqrt(D)).masked_fill(~allowed, float("-inf"))
+        ref = attn.proj((scores.softmax(-1) @ V).transpose(1, 2).reshape(B, T, 8))
+        flag = attn.proj(F.scaled_dot_product_attention(q, K, V, is_causal=True).transpose(1, 2).reshape(B, T, 8))
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert (flag - ref).abs().max() > 1e-3
 
 
 def test_prefix_mask_lets_every_query_see_the_prefix_and_only_its_past(base):
