@@ -69,12 +69,12 @@ class HeldoutIndex:
             # Every held-out document holding each shared shingle (a shingle is in several when they share it).
             counts = hi - lo
             idx = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-            shared = np.bincount(self.owner[idx], minlength=self.sizes.size)
-            smaller = np.minimum(self.sizes, u.size)
-            ok = smaller >= self.min_shingles
-            coef = np.where(ok, shared / np.maximum(smaller, 1), 0.0)
-            best = int(np.argmax(coef))
-            out.append((best, float(coef[best])) if coef[best] > 0 else (-1, 0.0))
+            # Only the held-out documents hit (not a count over all of them for every document read).
+            owners, shared = np.unique(self.owner[idx], return_counts=True)
+            smaller = np.minimum(self.sizes[owners], u.size)
+            coef = np.where(smaller >= self.min_shingles, shared / np.maximum(smaller, 1), 0.0)
+            k = int(np.argmax(coef))  # ties: the lowest held-out index, as owners are sorted
+            out.append((int(owners[k]), float(coef[k])) if coef[k] > 0 else (-1, 0.0))
         return out
 
 
