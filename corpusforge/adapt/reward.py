@@ -28,12 +28,18 @@ class RewardModel(nn.Module):
 
 
 def pairwise_loss(rewards: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """rewards (B, K) with completions best first, valid (B, K) → (mean −log σ(r_i − r_j) over pairs i < j of
-    valid completions, the fraction of those pairs ordered right)."""
+    """rewards (B, K) with completions best first, valid (B, K) → (loss, the fraction of pairs ordered right).
+
+    The loss is the paper's: per prompt, the mean of −log σ(r_i − r_j) over its C(K_b, 2) pairs i < j of valid
+    completions, then the mean over prompts, so a prompt with many completions weighs as much as one with two
+    (a mean over all pairs of the batch would weigh it by its K_b(K_b − 1)/2). The accuracy is over all pairs."""
     K = rewards.size(1)
     i, j = torch.triu_indices(K, K, offset=1)
     diff = rewards[:, i] - rewards[:, j]  # (B, pairs): better minus worse
     ok = valid[:, i] & valid[:, j]
-    loss = -(F.logsigmoid(diff) * ok).sum() / ok.sum().clamp_min(1)
+    pairs = ok.sum(1)  # (B,) C(K_b, 2)
+    has = pairs > 0
+    per_prompt = -(F.logsigmoid(diff) * ok).sum(1) / pairs.clamp_min(1)
+    loss = (per_prompt * has).sum() / has.sum().clamp_min(1)
     acc = ((diff > 0) & ok).sum() / ok.sum().clamp_min(1)
     return loss, acc

@@ -229,6 +229,19 @@ def test_reward_model_learns_a_planted_preference(base):
     assert all(s[0] > s[-1] for s in scores)
 
 
+def test_pairwise_loss_is_a_mean_per_prompt_then_over_prompts():
+    from corpusforge.adapt.reward import pairwise_loss
+
+    r = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.0, 3.0, 0.0, 0.0]])
+    valid = torch.tensor([[True] * 4, [True, True, False, False]])
+    lsig = torch.nn.functional.logsigmoid
+    four = -sum(lsig(r[0, a] - r[0, b]) for a in range(4) for b in range(a + 1, 4)) / 6  # C(4, 2) pairs
+    two = -lsig(r[1, 0] - r[1, 1])
+    loss, acc = pairwise_loss(r, valid)
+    assert torch.allclose(loss, (four + two) / 2)  # not the mean over all 7 pairs
+    assert torch.allclose(acc, torch.tensor(6 / 7))
+
+
 def test_kill_during_finetuning_resumes_exactly(base, tmp_path):
     d, ckpt_dir = base
     args = ["--data", str(d / "task.jsonl"), "--method", "lora", "--set", "eval_interval=10", "--max-iters", "30"]
