@@ -103,9 +103,34 @@ end
 # gate_no, token, url, depth, tries), 'wait' (ms until the first host may start; -1: none queued anywhere).
 TAKE = r"""
 local owner, lease_ms, per_host, base_delay = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local again = replayed()
-if again then return again end
 local now = now_ms()
+local again = replayed()
+if again then
+  -- Sent again after its reply was lost (a Redis restart): maybe long after, past the slot's and the lease's
+  -- expiry. Still held: both start again from now (else the next take by any process frees the host's slot
+  -- while this one's request is in flight). Freed meanwhile: the ticket is void; the caller takes again.
+  local slot = again[4]
+  local ok = redis.call('HEXISTS', P .. 'slots', slot) == 1
+  local lease = nil
+  if again[1] == 'shared' then
+    lease = redis.call('HGET', P .. 'lease', again[8])
+    ok = ok and lease ~= false and string.sub(lease, 1, #again[7] + 1) == again[7] .. '\t'
+  end
+  if ok then
+    redis.call('ZADD', P .. 'slotz', now + lease_ms, slot)
+    if again[1] == 'shared' then redis.call('ZADD', P .. 'leasez', now + lease_ms, again[8]) end
+    again[2] = tostring(now)
+    return again
+  end
+  redis.call('DEL', RID)
+  release_slot(slot, per_host)
+  if lease and string.sub(lease, 1, #again[7] + 1) == again[7] .. '\t' then
+    redis.call('HDEL', P .. 'lease', again[8])
+    redis.call('ZREM', P .. 'leasez', again[8])
+    lease_back(again[8], lease, per_host)
+  end
+  return {'wait', tostring(now), '0'}
+end
 reclaim(now, per_host)
 local soonest = -1
 local n_local = tonumber(ARGV[6])

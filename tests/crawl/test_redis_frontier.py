@@ -8,6 +8,7 @@ per host, at most one request in flight and ``min_delay_s`` between request star
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -424,6 +425,53 @@ def test_a_process_whose_lease_expired_cannot_record_its_result(redis_server):  
     assert a.done_value([ta.url]) == ["=seg-r001-00000.arrow"]
     assert a.counters("count")["stored"] == 1 and a.counters("count")["fenced"] == 1
     assert a.counters("count")["lease_expired"] == 1
+
+
+def _take_whose_reply_is_lost(f, rid_no: int) -> None:
+    """A TAKE that Redis ran and whose reply never came back (the server stopped before writing it): redis-py
+    sends the same call, with the same request id, once the server is back."""
+    f._take(
+        args=[f.prefix, f.owner, f"{f.lease_ms:.0f}", f.per_host, f"{f.base_delay_ms:.3f}", 0, f"{f.owner}/{rid_no}"]
+    )
+    f._requests = itertools.count(rid_no)
+
+
+def test_a_take_sent_again_after_its_slot_expired_never_gives_the_host_twice(redis_server):  # noqa: F811
+    # The reply is sent again after the lease and slot expired (Redis was away for longer than lease_s). It
+    # was replayed as it stood: a ticket whose slot the next take of any process freed, so two requests to one
+    # host went out at once (seen in the Redis-restart crawl test).
+    h = "http://127.0.0.1:80"
+    a = _frontier(redis_server.url, lease_s=0.4)
+    b = _frontier(redis_server.url, lease_s=30.0)
+    a.push_many([(f"{h}/1", 1, 0, False, None), (f"{h}/2", 1, 0, False, None)])
+    _take_whose_reply_is_lost(a, 7)
+    time.sleep(0.5)
+    ta = a.take(time.monotonic())  # the replay, past the expiry
+    assert ta is not None and ta.url == f"{h}/1"
+    assert b.take(time.monotonic()) is None  # the host's slot is a's again: no second request to it
+    time.sleep(0.2)
+    assert a.renew() == []  # the lease started again from the replay, and renewing keeps it
+    a.done(ta, time.monotonic())
+    seg = {"name": "seg-r000-00000.arrow", "rows": 1, "bytes": 1, "sha256": "0"}
+    assert a.commit(segment=seg, done=[(ta.url, None)], new=[], counters={}) == []
+
+
+def test_a_take_sent_again_after_another_process_reclaimed_its_slot_is_void(redis_server):  # noqa: F811
+    h = "http://127.0.0.1:80"
+    a = _frontier(redis_server.url, lease_s=0.4)
+    b = _frontier(redis_server.url, lease_s=30.0)
+    a.push_many([(f"{h}/1", 1, 0, False, None), (f"{h}/2", 1, 0, False, None)])
+    _take_whose_reply_is_lost(a, 3)
+    time.sleep(0.5)
+    tb = b.take(time.monotonic())  # b reclaims a's expired lease and slot, and takes the URL back
+    assert tb is not None and tb.url == f"{h}/1"
+    assert a.take(time.monotonic()) is None  # a's replay: void, not a second ticket for the host or the URL
+    b.done(tb, time.monotonic())
+    b.commit(segment=None, done=[(tb.url, "x")], new=[], counters={})
+    tb2 = b.take(time.monotonic())
+    assert tb2 is not None and tb2.url == f"{h}/2"  # nothing lost: the other URL is still queued
+    assert a.take(time.monotonic()) is None  # one request to the host at a time
+    assert b.status()["leases"] == 1
 
 
 def test_a_commit_sent_twice_counts_once(redis_server):  # noqa: F811
