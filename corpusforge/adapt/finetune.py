@@ -64,6 +64,18 @@ class FinetuneConfig:
     seed: int = 1337
     keep_checkpoints: Annotated[int, Min(1)] = 2
     threads: Annotated[int, Min(1)] | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when one is visible
+
+
+# Where and how fast a run goes, not what it computes: a run may resume on another device or thread count.
+PLACEMENT = ("device", "threads")
+
+
+def same_run(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    """Whether two configs (``asdict``) describe the same run, whatever device or threads each used."""
+    if a is None:
+        return False
+    return {k: v for k, v in a.items() if k not in PLACEMENT} == {k: v for k, v in b.items() if k not in PLACEMENT}
 
 
 def _lr(cfg: FinetuneConfig, it: int, peak: float) -> float:
@@ -170,6 +182,9 @@ class Loop:
             )
         self.tokenizer_path = tok
         self.enc = Encoder(tok)
+        from corpusforge.train.dist import _pick_device
+
+        self.device = _pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.model = load_base(self.base)
         self.base_params = sum(p.numel() for p in self.model.parameters())
@@ -178,6 +193,11 @@ class Loop:
         self.data = self.make_data(str(data))
         self.train_rows = np.flatnonzero(~self.data.val)
         self.val_rows = np.flatnonzero(self.data.val)
+        self.model.to(self.device)  # parameters keep their identity: self.named still names them
+        for m in self.extra.values():
+            m.to(self.device)
+        if hasattr(self, "rm"):
+            self.rm.to(self.device)
         self.trainable = [p for p in self.named.values()]
         for p in self.trainable:
             p.requires_grad_(True)
@@ -196,6 +216,11 @@ class Loop:
         self.val: list[tuple[int, dict[str, float]]] = []
         self.first_eval: dict[str, float] | None = self.first_eval_resumed
 
+    def put(self, a: np.ndarray) -> torch.Tensor:
+        """A batch array as a tensor on the run's device."""
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t if self.device == "cpu" else t.pin_memory().to(self.device, non_blocking=True)
+
     # -- the task: language modelling with a method; RewardLoop overrides these
     method_name: str = ""
     first_eval_resumed: dict[str, float] | None = None
@@ -211,7 +236,7 @@ class Loop:
         return sft_data(self.rows, self.enc, self.window(), self.cfg.val_fraction, where)
 
     def loss(self, rows: np.ndarray) -> torch.Tensor:
-        x, y = torch.from_numpy(self.data.x[rows]), torch.from_numpy(self.data.y[rows])
+        x, y = self.put(self.data.x[rows]), self.put(self.data.y[rows])
         return self.model(x, y, **forward_kwargs(self.extra))[1]  # type: ignore[return-value]
 
     @torch.no_grad()
@@ -240,12 +265,14 @@ class Loop:
                 f"{self.out_dir} was trained on another base checkpoint ({st.get('base_checkpoint')}); use a new --out",
                 path="--out",
             )
-        if st.get("config") != asdict(self.cfg):
+        if not same_run(st.get("config"), asdict(self.cfg)):
             raise ConfigError(f"{self.out_dir} was made with another config; use a new --out", path="--set")
         for name, t in loaded.model.items():
             self.named[name].data.copy_(t)
         ckpt.restore_optimizer(self.optimizer, loaded.optim, st["optimizer"])
         torch.set_rng_state(loaded.optim["rng.torch"])
+        if self.device.startswith("cuda") and "rng.cuda" in loaded.optim:
+            torch.cuda.set_rng_state(loaded.optim["rng.cuda"])
         self.rng.bit_generator.state = st["sampler"]
         self.first_eval_resumed = st.get("first_eval")
         return int(st["step"])
@@ -263,8 +290,15 @@ class Loop:
             "sampler": dict(self.rng.bit_generator.state),
             "first_eval": self.first_eval,
         }
+        rng = {"rng.cuda": torch.cuda.get_rng_state()} if self.device.startswith("cuda") else {}
         return ckpt.save(
-            self.ck_dir, self.step, _Trainable(self.named), self.optimizer, state, keep=self.cfg.keep_checkpoints
+            self.ck_dir,
+            self.step,
+            _Trainable(self.named),
+            self.optimizer,
+            state,
+            keep=self.cfg.keep_checkpoints,
+            extra_tensors=rng,
         )
 
     # -- the loop
@@ -274,13 +308,13 @@ class Loop:
         report_path = self.out_dir / REPORT
         if self.step >= cfg.max_iters and report_path.is_file():  # finished before: its report, not a new empty one
             old = json.loads(report_path.read_text())
-            if old.get("config") == asdict(cfg) and old.get("iters") == self.step:
+            if same_run(old.get("config"), asdict(cfg)) and old.get("iters") == self.step:
                 say(f"{self.out_dir}: finished before ({self.step} iterations); nothing to do")
                 self.metrics.close()
                 return old  # type: ignore[no-any-return]
         n_train = sum(p.numel() for p in self.trainable)
         say(
-            f"{self.kind} ({self.method_name}): {n_train:,} trainable parameters "
+            f"{self.kind} ({self.method_name}) on {self.device}: {n_train:,} trainable parameters "
             f"({n_train / self.base_params:.4%} of {self.base_params:,}); {len(self.train_rows)} training rows, "
             f"{len(self.val_rows)} validation; {self.data.truncated} cut at the window, "
             f"{self.data.dropped} dropped (the prompt filled the window)"
@@ -324,6 +358,7 @@ class Loop:
             "kind": self.kind,
             "method": self.method_name,
             "quantize": cfg.quantize if self.method_name == "lora" else "none",
+            "device": self.device,
             "trainable_params": n_train,
             "base_params": self.base_params,
             "trainable_share": n_train / self.base_params,
@@ -367,8 +402,8 @@ class RewardLoop(Loop):
     def _rewards(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.data
         B, K, L = d.idx[rows].shape
-        r = self.rm(torch.from_numpy(d.idx[rows].reshape(B * K, L)), torch.from_numpy(d.last[rows].reshape(-1)))
-        return r.view(B, K), torch.from_numpy(d.valid[rows])
+        r = self.rm(self.put(d.idx[rows].reshape(B * K, L)), self.put(d.last[rows].reshape(-1)))
+        return r.view(B, K), self.put(d.valid[rows])
 
     def loss(self, rows: np.ndarray) -> torch.Tensor:
         from corpusforge.adapt.reward import pairwise_loss

@@ -24,7 +24,7 @@ class RewardModel(nn.Module):
     def forward(self, idx: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """idx (N, T), last (N,) index of each sequence's last real token → rewards (N,)."""
         h = self.gpt.hidden(idx)  # (N, T, C)
-        return self.head(h[torch.arange(idx.size(0)), last]).squeeze(-1)
+        return self.head(h[torch.arange(idx.size(0), device=idx.device), last]).squeeze(-1)
 
 
 def pairwise_loss(rewards: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +34,7 @@ def pairwise_loss(rewards: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Ten
     completions, then the mean over prompts, so a prompt with many completions weighs as much as one with two
     (a mean over all pairs of the batch would weigh it by its K_b(K_b − 1)/2). The accuracy is over all pairs."""
     K = rewards.size(1)
-    i, j = torch.triu_indices(K, K, offset=1)
+    i, j = torch.triu_indices(K, K, offset=1, device=rewards.device)
     diff = rewards[:, i] - rewards[:, j]  # (B, pairs): better minus worse
     ok = valid[:, i] & valid[:, j]
     pairs = ok.sum(1)  # (B,) C(K_b, 2)

@@ -349,3 +349,32 @@ def test_folded_and_low_rank_lora_paths_agree():
     assert torch.allclose(a.lora_a.grad, b.lora_a.grad, atol=1e-4) and torch.allclose(
         a.lora_b.grad, b.lora_b.grad, atol=1e-4
     )
+
+
+def test_the_device_is_chosen_and_a_run_resumes_on_another_device_or_thread_count(base, tmp_path, monkeypatch):
+    from corpusforge.adapt.finetune import Loop
+
+    d, ckpt_dir = base
+    cfg = FinetuneConfig(method="lora", max_iters=4, eval_interval=4, batch_size=8)
+    report = finetune(ckpt_dir, d / "task.jsonl", tmp_path / "ft", cfg, quiet=True)
+    assert report["device"] == ("cuda" if torch.cuda.is_available() else "cpu") and report["iters"] == 4
+    # The same run on the CPU with other threads: resumed from its checkpoint (it was refused as another config).
+    threads = torch.get_num_threads()
+    try:
+        again = Loop(
+            ckpt_dir, d / "task.jsonl", tmp_path / "ft", FinetuneConfig(**{**vars(cfg), "device": "cpu", "threads": 1})
+        )
+        assert again.step == 4 and again.device == "cpu"
+        assert all(p.device.type == "cpu" for p in again.trainable)
+        assert again.run(quiet=True) == report  # finished before: its report, unchanged
+    finally:
+        torch.set_num_threads(threads)
+    # What a run computes still counts: another rank is another run.
+    with pytest.raises(ConfigError, match="another config"):
+        Loop(ckpt_dir, d / "task.jsonl", tmp_path / "ft", FinetuneConfig(**{**vars(cfg), "lora_r": 4}))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU") as err:
+            finetune(
+                ckpt_dir, d / "task.jsonl", tmp_path / "ft2", FinetuneConfig(max_iters=1, device="cuda"), quiet=True
+            )
+        assert err.value.path == "device"
